@@ -1,0 +1,1 @@
+"""Bit Diffusion: discrete data generated with continuous diffusion models on analog bits."""
