@@ -2,7 +2,8 @@
 
 Run:   python main.py --config=configs/cifar10.py --workdir=runs/cifar10
 Class-conditional (paper FID 2.72):  add --config.data.class_conditional=True
-Gray code / uint8 (rand):  --config.bits.encoding=gray | permuted (with --config.diffusion.output=softmax)
+Gray code:  --config.bits.encoding=gray
+uint8 (rand):  --config.bits.encoding=permuted --config.diffusion.output=softmax
 
 Hardware: the paper trained 1.5M steps at batch 128 on TPUs. The U-Net has about 51M parameters
 (tests/test_unet.py checks it). On a 2-core CPU this config only runs for smoke tests; see

@@ -1,0 +1,206 @@
+"""Gaussian diffusion on analog bits: corruption, the training loss (Algorithm 1), x0 estimates.
+
+The math here knows no network. It calls a `denoise_fn`:
+
+    denoise_fn(x_t, gamma, self_cond, labels, dropout_rng) -> raw network output
+
+with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B], labels int32 [B] or
+None. The raw output is an x0, eps or v prediction, bit logits ('logistic' loss) or per-value
+logits ('softmax' output); `Diffusion.x0_from_output` turns any of them into an x0 estimate.
+"""
+
+import dataclasses
+from typing import Callable
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bit_diffusion import analog_bits
+from bit_diffusion import schedules
+
+DenoiseFn = Callable[..., jnp.ndarray]
+PREDICTIONS = ('x0', 'eps', 'v')
+LOSSES = ('l2', 'logistic')
+OUTPUTS = ('bits', 'softmax')
+
+
+def _bcast(per_example: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+  """[B] -> [B, 1, ..., 1] broadcastable against `like` [B, ...]."""
+  return per_example.reshape(per_example.shape + (1,) * (like.ndim - 1))
+
+
+def corrupt(x0: jnp.ndarray, gamma: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
+  """x_t = sqrt(gamma) x0 + sqrt(1 - gamma) eps (paper Eq. 1). gamma [B], others [B, ...]."""
+  gamma = _bcast(gamma, x0)
+  return jnp.sqrt(gamma) * x0 + jnp.sqrt(1 - gamma) * noise
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+  """Per-example training terms, reduced in one place (`train_step`). Each float32 [B]."""
+  loss: jnp.ndarray
+  x0_mse: jnp.ndarray  # Squared error of the clipped x0 estimate, per analog bit.
+  bit_error: jnp.ndarray  # Fraction of bits whose x0 estimate has the wrong sign.
+
+
+jax.tree_util.register_dataclass(LossTerms, data_fields=['loss', 'x0_mse', 'bit_error'],
+                                 meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class Diffusion:
+  """The diffusion process on analog bits and its training objective.
+
+  Attributes:
+    codec: how integers become analog bits (and `expected_bits` for the softmax output).
+    gamma_fn: the noise schedule gamma(t).
+    prediction: what the network predicts: 'x0', 'eps' or 'v'.
+    loss: 'l2' on the prediction, or 'logistic' (sigmoid cross-entropy per bit; x0 only).
+    output: 'bits', or 'softmax' (the factorised output of the paper's uint8 (rand) model).
+    self_condition_rate: fraction of each batch shard trained with self-conditioning.
+    label_dropout: probability that a label is replaced by the null label during training.
+    num_classes: number of labels (0: unconditional); the null label is `num_classes`.
+  """
+  codec: analog_bits.BitCodec
+  gamma_fn: schedules.GammaFn = schedules.cosine_gamma
+  prediction: str = 'x0'
+  loss: str = 'l2'
+  output: str = 'bits'
+  self_condition_rate: float = 0.5
+  label_dropout: float = 0.0
+  num_classes: int = 0
+
+  def __post_init__(self):
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f'Unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}.')
+    if self.loss not in LOSSES:
+      raise ValueError(f'Unknown loss {self.loss!r}; choose one of {LOSSES}.')
+    if self.output not in OUTPUTS:
+      raise ValueError(f'Unknown output {self.output!r}; choose one of {OUTPUTS}.')
+    if self.loss == 'logistic' and (self.prediction != 'x0' or self.output != 'bits'):
+      raise ValueError("loss='logistic' predicts bit logits: it needs prediction='x0' and "
+                       "output='bits'.")
+    if self.loss == 'logistic' and self.codec.encoding == 'onehot':
+      raise ValueError("loss='logistic' treats every channel as an independent bit; use 'l2' "
+                       "with encoding='onehot'.")
+    if self.output == 'softmax' and self.prediction != 'x0':
+      raise ValueError("output='softmax' gives an x0 estimate; it needs prediction='x0'.")
+    if not 0 <= self.self_condition_rate <= 1:
+      raise ValueError(f'self_condition_rate must be in [0, 1], got {self.self_condition_rate}.')
+    if not 0 <= self.label_dropout < 1:
+      raise ValueError(f'label_dropout must be in [0, 1), got {self.label_dropout}.')
+
+  @property
+  def scale(self) -> float:
+    return self.codec.scale
+
+  def output_channels(self, data_channels: int) -> int:
+    """Channels of the raw network output for data with `data_channels` values per pixel."""
+    if self.output == 'softmax':
+      return data_channels * self.codec.num_values
+    return data_channels * self.codec.channels_per_value
+
+  def x0_from_output(self, output: jnp.ndarray, x_t: jnp.ndarray,
+                     gamma: jnp.ndarray) -> jnp.ndarray:
+    """Raw network output -> x0 estimate (not clipped), float32 like x_t."""
+    output = output.astype(jnp.float32)
+    if self.output == 'softmax':
+      return self.codec.expected_bits(output)
+    if self.loss == 'logistic':  # Expected analog bit under the predicted bit probability.
+      return self.scale * jnp.tanh(output / 2)
+    if self.prediction == 'x0':
+      return output
+    gamma = _bcast(gamma, x_t)
+    if self.prediction == 'eps':  # Invert Eq. 1 for x0.
+      return (x_t - jnp.sqrt(1 - gamma) * output) / jnp.sqrt(gamma)
+    # v = sqrt(gamma) eps - sqrt(1 - gamma) x0  (Salimans & Ho 2022).
+    return jnp.sqrt(gamma) * x_t - jnp.sqrt(1 - gamma) * output
+
+  def clipped_x0(self, output: jnp.ndarray, x_t: jnp.ndarray, gamma: jnp.ndarray) -> jnp.ndarray:
+    """x0 estimate clipped to [-b, b], as used for self-conditioning and sampling."""
+    return jnp.clip(self.x0_from_output(output, x_t, gamma), -self.scale, self.scale)
+
+  def num_self_conditioned(self, shard_size: int) -> int:
+    """Examples per batch shard trained with self-conditioning (a fixed leading part)."""
+    return int(round(self.self_condition_rate * shard_size))
+
+  def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, labels: Optional[jnp.ndarray],
+                 rng: jax.Array, num_shards: int = 1) -> LossTerms:
+    """Algorithm 1 of the paper, per example.
+
+    Args:
+      denoise_fn: the network, see the module docstring.
+      bits: analog bits x0, float32 [B, ..., D].
+      labels: int32 [B] or None.
+      rng: a PRNG key.
+      num_shards: the number of batch shards (devices). As in the authors' code, the first
+        `self_condition_rate` of every shard gets the extra self-conditioning pass, so the pass
+        costs that fraction of the batch and stays balanced across devices.
+
+    Returns:
+      LossTerms, each [B].
+    """
+    batch = bits.shape[0]
+    t_rng, noise_rng, label_rng, sc_rng, dropout_rng = jax.random.split(rng, 5)
+    t = jax.random.uniform(t_rng, (batch,))
+    gamma = self.gamma_fn(t)
+    noise = jax.random.normal(noise_rng, bits.shape)
+    x_t = corrupt(bits, gamma, noise)
+
+    if labels is not None and self.label_dropout > 0:
+      drop = jax.random.bernoulli(label_rng, self.label_dropout, labels.shape)
+      labels = jnp.where(drop, self.num_classes, labels)
+
+    # Self-conditioning (Sec. 3): the first k examples of each shard get a stop-gradient x0
+    # estimate from a first pass; the rest are conditioned on zeros.
+    self_cond = jnp.zeros_like(x_t)
+    if batch % num_shards:
+      raise ValueError(f'Batch {batch} does not split into {num_shards} shards.')
+    shard_size = batch // num_shards
+    k = self.num_self_conditioned(shard_size)
+    if k > 0:
+      def leading(a):  # [B, ...] -> [num_shards * k, ...], the first k of each shard.
+        if a is None:
+          return None
+        return a.reshape(num_shards, shard_size, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:])
+      first_x_t, first_gamma = leading(x_t), leading(gamma)
+      first_output = denoise_fn(first_x_t, first_gamma, jnp.zeros_like(first_x_t),
+                                leading(labels), sc_rng)
+      estimate = jax.lax.stop_gradient(self.clipped_x0(first_output, first_x_t, first_gamma))
+      estimate = estimate.reshape(num_shards, k, *x_t.shape[1:])
+      padding = jnp.zeros((num_shards, shard_size - k, *x_t.shape[1:]), x_t.dtype)
+      self_cond = jnp.concatenate([estimate, padding], axis=1).reshape(x_t.shape)
+
+    output = denoise_fn(x_t, gamma, self_cond, labels, dropout_rng).astype(jnp.float32)
+    reduce = lambda a: jnp.mean(a.reshape(batch, -1), axis=-1)
+    if self.loss == 'logistic':
+      loss = reduce(optax.sigmoid_binary_cross_entropy(output, (bits > 0).astype(jnp.float32)))
+    else:
+      if self.prediction == 'eps':
+        target = noise
+      elif self.prediction == 'v':
+        g = _bcast(gamma, bits)
+        target = jnp.sqrt(g) * noise - jnp.sqrt(1 - g) * bits
+      else:
+        target = bits
+      prediction = output if self.output == 'bits' else self.codec.expected_bits(output)
+      loss = reduce((prediction - target) ** 2)
+
+    x0 = jax.lax.stop_gradient(self.clipped_x0(output, x_t, gamma))
+    return LossTerms(loss=loss, x0_mse=reduce((x0 - bits) ** 2),
+                     bit_error=reduce(((x0 > 0) != (bits > 0)).astype(jnp.float32)))
+
+
+def diffusion_from_config(config) -> Diffusion:
+  """Builds the Diffusion of `config.diffusion`, `config.bits` and `config.data`."""
+  return Diffusion(
+      codec=analog_bits.codec_from_config(config),
+      gamma_fn=schedules.gamma_fn_from_config(config.diffusion),
+      prediction=config.diffusion.prediction,
+      loss=config.diffusion.loss,
+      output=config.diffusion.output,
+      self_condition_rate=config.diffusion.self_condition_rate,
+      label_dropout=config.diffusion.label_dropout,
+      num_classes=config.data.num_classes if config.data.class_conditional else 0)

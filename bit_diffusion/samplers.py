@@ -1,0 +1,129 @@
+"""Samplers (Algorithm 2): DDIM and DDPM reverse steps driven by `lax.fori_loop`.
+
+A sampler knows no network. It calls `x0_fn(x_t, gamma, self_cond) -> x0 estimate in [-b, b]`
+(see `Diffusion.clipped_x0` and `guided_x0_fn`). Times run from t=1 (noise) to t=0; with the
+asymmetric time interval td (counted in steps), step i goes from t_now = 1 - i / steps to
+t_next = max(1 - (i + 1 + td) / steps, 0), so the network sees a slightly noisier input than the
+state it is asked to denoise (paper Sec. 3, Fig. 3).
+"""
+
+from typing import Callable
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from bit_diffusion import schedules
+
+X0Fn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+SAMPLERS = ('ddim', 'ddpm')
+DDPM_VARIANCES = ('large', 'small')
+
+
+def ddim_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray,
+              gamma_next: jnp.ndarray) -> jnp.ndarray:
+  """Deterministic DDIM step (Song et al. 2021): keep the implied eps, move to gamma_next.
+
+  eps = (x_t - sqrt(g_now) x0) / sqrt(1 - g_now);  x' = sqrt(g_next) x0 + sqrt(1 - g_next) eps.
+  Gammas are scalars (one time for the whole batch); arrays are [B, ...].
+  """
+  eps = (x_t - jnp.sqrt(gamma_now) * x0) / jnp.sqrt(1 - gamma_now)
+  return jnp.sqrt(gamma_next) * x0 + jnp.sqrt(1 - gamma_next) * eps
+
+
+def ddpm_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray, gamma_next: jnp.ndarray,
+              noise: jnp.ndarray, variance: str = 'large') -> jnp.ndarray:
+  """Ancestral DDPM step (Ho et al. 2020, Eq. 11) between arbitrary noise levels.
+
+  alpha = g_now / g_next;  x' = (x_t - (1 - alpha) / sqrt(1 - g_now) eps) / sqrt(alpha) + sigma z
+  with sigma^2 = 1 - alpha ('large') or (1 - g_next) / (1 - g_now) (1 - alpha) ('small', the
+  variance of the posterior q(x_next | x_t, x0)).
+  """
+  eps = (x_t - jnp.sqrt(gamma_now) * x0) / jnp.sqrt(1 - gamma_now)
+  alpha = gamma_now / gamma_next
+  # The mean above, rewritten with x_t = sqrt(g_now) x0 + sqrt(1 - g_now) eps so that it stays
+  # finite at g_now = 0 (e.g. the linear schedule at t = 1), where 1 / sqrt(alpha) is infinite.
+  mean = jnp.sqrt(gamma_next) * x0 + jnp.sqrt(alpha) * (1 - gamma_next) / jnp.sqrt(
+      1 - gamma_now) * eps
+  if variance == 'large':
+    sigma_squared = 1 - alpha
+  elif variance == 'small':
+    sigma_squared = (1 - gamma_next) / (1 - gamma_now) * (1 - alpha)
+  else:
+    raise ValueError(f'Unknown DDPM variance {variance!r}; choose one of {DDPM_VARIANCES}.')
+  return mean + jnp.sqrt(jnp.maximum(sigma_squared, 0.0)) * noise
+
+
+def step_times(step: jnp.ndarray, steps: int, td: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(t_now, t_next) of sampling step `step` in [0, steps), with td counted in steps."""
+  t_now = 1.0 - step / steps
+  t_next = jnp.maximum(1.0 - (step + 1 + td) / steps, 0.0)
+  return t_now, t_next
+
+
+def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
+           gamma_fn: schedules.GammaFn, steps: int, sampler: str = 'ddim', td: float = 0.0,
+           ddpm_variance: str = 'large', self_condition: bool = True,
+           ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Runs the reverse process from Gaussian noise (Algorithm 2).
+
+  Args:
+    x0_fn: (x_t [B, ...], gamma [B], self_cond [B, ...]) -> clipped x0 estimate [B, ...].
+    shape: [B, ..., D] of the analog bits.
+    rng: PRNG key for the initial noise and DDPM's noise.
+    gamma_fn: the noise schedule.
+    steps: number of network evaluations.
+    sampler: 'ddim' or 'ddpm'.
+    td: asymmetric time interval in steps (0 = standard).
+    ddpm_variance: 'large' or 'small' (DDPM only).
+    self_condition: feed the previous x0 estimate back to the network.
+
+  Returns:
+    (x0, x): the last x0 estimate, whose sign gives the bits, and the final state x_0, both
+    float32 [B, ..., D].
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f'Unknown sampler {sampler!r}; choose one of {SAMPLERS}.')
+  if ddpm_variance not in DDPM_VARIANCES:
+    raise ValueError(f'Unknown DDPM variance {ddpm_variance!r}; choose one of {DDPM_VARIANCES}.')
+  if steps < 1:
+    raise ValueError(f'Sampling needs at least one step, got steps={steps}.')
+  if td < 0:
+    raise ValueError(f'td must be >= 0 (counted in steps), got {td}.')
+  init_rng, loop_rng = jax.random.split(rng)
+  x = jax.random.normal(init_rng, shape, jnp.float32)
+  batch = shape[0]
+
+  def body(step, carry):
+    x, x0 = carry
+    t_now, t_next = step_times(step, steps, td)
+    gamma_now, gamma_next = gamma_fn(t_now), gamma_fn(t_next)
+    self_cond = x0 if self_condition else jnp.zeros_like(x)
+    x0 = x0_fn(x, jnp.full((batch,), gamma_now), self_cond).astype(jnp.float32)
+    if sampler == 'ddim':
+      x = ddim_step(x, x0, gamma_now, gamma_next)
+    else:
+      noise = jax.random.normal(jax.random.fold_in(loop_rng, step), shape, jnp.float32)
+      x = ddpm_step(x, x0, gamma_now, gamma_next, noise, ddpm_variance)
+    return x, x0
+
+  x, x0 = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros(shape, jnp.float32)))
+  return x0, x
+
+
+def guided_x0_fn(x0_fn: Callable[..., jnp.ndarray], labels: Optional[jnp.ndarray],
+                 null_label: int, guidance: float, scale: float) -> X0Fn:
+  """Binds labels and classifier-free guidance to `x0_fn(x_t, gamma, self_cond, labels)`.
+
+  With guidance w > 0 the estimate is (1 + w) x0(cond) - w x0(uncond) (Ho & Salimans 2022), as in
+  the authors' code, clipped again to [-scale, scale]; cond and uncond run as one batch of 2B.
+  """
+  if guidance == 0 or labels is None:
+    return lambda x, gamma, self_cond: x0_fn(x, gamma, self_cond, labels)
+
+  def guided(x, gamma, self_cond):
+    double = lambda a: jnp.concatenate([a, a], axis=0)
+    both_labels = jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0)
+    cond, uncond = jnp.split(x0_fn(double(x), double(gamma), double(self_cond), both_labels), 2)
+    return jnp.clip((1 + guidance) * cond - guidance * uncond, -scale, scale)
+  return guided

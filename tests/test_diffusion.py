@@ -1,0 +1,138 @@
+"""The training objective: corruption, x0 from every parameterisation, self-conditioning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bit_diffusion import analog_bits
+from bit_diffusion import diffusion
+from bit_diffusion import schedules
+
+CODEC = analog_bits.BitCodec(3, 'binary', scale=1.0)
+BITS = CODEC.encode(jnp.asarray(np.random.RandomState(0).randint(0, 8, (8, 2, 2, 1))))  # [8,2,2,3]
+
+
+def _oracle(diff, bits):
+  """A denoise_fn that knows x0 and returns the exact target of `diff`'s parameterisation."""
+  def denoise_fn(x_t, gamma, self_cond, labels, rng):
+    g = gamma.reshape(-1, 1, 1, 1)
+    # Matches the examples of x_t: the self-conditioning pass sees a leading subset.
+    x0 = bits[:x_t.shape[0]] if x_t.shape[0] == bits.shape[0] else _leading(diff, bits, x_t)
+    eps = (x_t - jnp.sqrt(g) * x0) / jnp.sqrt(1 - g)
+    if diff.loss == 'logistic':
+      return 40.0 * jnp.sign(x0)
+    if diff.output == 'softmax':
+      values = CODEC.decode(x0)
+      return (jax.nn.one_hot(values, CODEC.num_values) * 40.0).reshape(*values.shape[:-1], -1)
+    return {'x0': x0, 'eps': eps, 'v': jnp.sqrt(g) * eps - jnp.sqrt(1 - g) * x0}[diff.prediction]
+  return denoise_fn
+
+
+def _leading(diff, bits, x_t):
+  k = diff.num_self_conditioned(bits.shape[0])
+  assert x_t.shape[0] == k
+  return bits[:k]
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(prediction='x0'), dict(prediction='eps'), dict(prediction='v'),
+    dict(loss='logistic'), dict(output='softmax'), dict(self_condition_rate=1.0),
+    dict(self_condition_rate=0.0)])
+def test_oracle_has_zero_loss_and_exact_x0(kwargs):
+  diff = diffusion.Diffusion(codec=CODEC, **kwargs)
+  terms = jax.jit(lambda rng: diff.loss_terms(_oracle(diff, BITS), BITS, None, rng))(
+      jax.random.PRNGKey(0))
+  assert terms.loss.shape == (8,)
+  np.testing.assert_allclose(terms.loss, 0.0, atol=1e-4)
+  np.testing.assert_allclose(terms.bit_error, 0.0)
+  np.testing.assert_allclose(terms.x0_mse, 0.0, atol=1e-4)
+
+
+def test_x0_from_every_prediction_inverts_the_forward_process():
+  gamma = jnp.array([0.05, 0.5, 0.95] * 2 + [0.3, 0.7])
+  noise = jax.random.normal(jax.random.PRNGKey(3), BITS.shape)
+  x_t = diffusion.corrupt(BITS, gamma, noise)
+  g = gamma.reshape(-1, 1, 1, 1)
+  for prediction, output in [('x0', BITS), ('eps', noise),
+                             ('v', jnp.sqrt(g) * noise - jnp.sqrt(1 - g) * BITS)]:
+    diff = diffusion.Diffusion(codec=CODEC, prediction=prediction)
+    np.testing.assert_allclose(diff.x0_from_output(output, x_t, gamma), BITS, atol=1e-4)
+
+
+def test_corrupt_matches_equation_one():
+  gamma = jnp.linspace(0.0, 1.0, 8)
+  noise = jnp.ones_like(BITS)
+  x_t = diffusion.corrupt(BITS, gamma, noise)
+  np.testing.assert_allclose(x_t[0], noise[0])  # gamma = 0: pure noise.
+  np.testing.assert_allclose(x_t[-1], BITS[-1])  # gamma = 1: clean.
+  g = 3 / 7
+  np.testing.assert_allclose(x_t[3], np.sqrt(g) * BITS[3] + np.sqrt(1 - g), rtol=1e-6)
+
+
+def test_self_conditioning_pass_covers_the_leading_part_of_each_shard():
+  seen = []
+
+  def recording_denoise_fn(x_t, gamma, self_cond, labels, rng):
+    seen.append((x_t.shape[0], np.asarray(self_cond), None if labels is None else labels))
+    return jnp.full_like(x_t, 3.0)  # Clipped to b = 1 for the self-conditioning estimate.
+
+  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=0.5)
+  labels = jnp.arange(8)
+  diff.loss_terms(recording_denoise_fn, BITS, labels, jax.random.PRNGKey(0), num_shards=2)
+  (first_batch, first_sc, first_labels), (second_batch, second_sc, _) = seen
+  assert first_batch == 4 and not first_sc.any()
+  np.testing.assert_array_equal(first_labels, [0, 1, 4, 5])  # Leading 2 of each shard of 4.
+  assert second_batch == 8
+  conditioned = np.abs(second_sc).reshape(8, -1).max(axis=1)
+  np.testing.assert_array_equal(conditioned, [1, 1, 0, 0, 1, 1, 0, 0])
+
+
+def test_self_conditioning_estimate_gets_no_gradient():
+  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=1.0)
+
+  def loss(w_first_pass, w_second_pass):
+    weights = iter([w_first_pass, w_second_pass])  # One weight per call of the network.
+    denoise_fn = lambda x_t, gamma, self_cond, labels, rng: next(weights) * (x_t + self_cond)
+    return jnp.mean(diff.loss_terms(denoise_fn, BITS, None, jax.random.PRNGKey(0)).loss)
+
+  grad_first, grad_second = jax.grad(loss, argnums=(0, 1))(0.3, 0.3)
+  assert float(grad_first) == 0.0  # The first pass's estimate is behind a stop-gradient...
+  assert float(grad_second) != 0.0  # ...while the second pass trains.
+
+
+def test_label_dropout_uses_the_null_label():
+  seen = []
+  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=0.0, label_dropout=0.3,
+                             num_classes=10)
+  labels = jnp.zeros((4000,), jnp.int32)
+  bits = jnp.ones((4000, 1, 1, 3))
+  diff.loss_terms(lambda x, g, sc, labels, rng: seen.append(labels) or x, bits, labels,
+                  jax.random.PRNGKey(0))
+  dropped = np.mean(np.asarray(seen[0]) == 10)
+  assert 0.27 < dropped < 0.33
+  assert set(np.unique(seen[0])) == {0, 10}
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(prediction='score'), 'Unknown prediction'), (dict(loss='l1'), 'Unknown loss'),
+    (dict(output='logits'), 'Unknown output'), (dict(loss='logistic', prediction='eps'), 'x0'),
+    (dict(output='softmax', prediction='v'), 'x0'), (dict(self_condition_rate=1.5), 'rate'),
+    (dict(label_dropout=1.0), 'label_dropout')])
+def test_bad_settings(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    diffusion.Diffusion(codec=CODEC, **kwargs)
+
+
+def test_output_channels():
+  assert diffusion.Diffusion(codec=analog_bits.BitCodec(8)).output_channels(3) == 24
+  softmax = diffusion.Diffusion(codec=analog_bits.BitCodec(8, 'permuted'), output='softmax')
+  assert softmax.output_channels(3) == 768
+  assert diffusion.Diffusion(codec=analog_bits.BitCodec(4, 'onehot')).output_channels(1) == 16
+
+
+def test_schedule_from_config_is_used():
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(schedule='linear', schedule_start=0.0,
+                                          schedule_end=1.0, schedule_tau=1.0))
+  assert float(schedules.gamma_fn_from_config(config)(jnp.array(0.25))) == pytest.approx(0.75)
