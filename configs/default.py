@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'cifar10' | 'imagenet64' (TFDS), 'digits' (scikit-learn, embedded), 'folder', 'npz'.
   config.data.name = 'cifar10'
   config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets).
+  # TFDS datasets missing from data_dir: build them on first use (needs network; fails at once
+  # with instructions when the download host is unreachable). False: only the error.
+  config.data.download = True
   config.data.path = ''  # For 'folder' (a directory of images) and 'npz' (a file).
   config.data.image_size = 32  # Height = width in pixels, checked against the data.
   config.data.channels = 3  # 3 for RGB, 1 for grey; checked against the data.
@@ -24,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.random_flip = True  # Random horizontal flips (the paper's only augmentation).
   config.data.class_conditional = False  # Feed labels to the model (needs labelled data).
   config.data.num_classes = 10  # Number of labels when class_conditional.
+  config.data.display_max = 0  # Value shown white in sample grids (0: 2**num_bits - 1).
   config.data.prefetch = 2  # Batches prepared ahead by a background thread.
 
   config.bits = ml_collections.ConfigDict()
@@ -71,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.sample_every = 50_000  # Steps between sample grids (0: only at the end).
   config.training.num_grid_samples = 64  # Images in each periodic sample grid.
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
+  config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.sampler = 'ddim'  # 'ddim' | 'ddpm'.
@@ -83,4 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.batch_size = 64  # Samples generated per jitted call.
   config.sampling.labels = ''  # For --mode=sample: '' cycles 0..num_classes-1, or '3,3,7'.
   config.sampling.use_ema = True  # Sample with the EMA weights.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_batches = 10  # --mode=eval: batches of the diffusion loss with fixed noise.
+  config.eval.batch_size = 0  # 0: training.batch_size.
   return config

@@ -1,0 +1,45 @@
+# Set-up and everyday commands. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/digits.py
+WORKDIR ?= runs/digits
+PYTEST_WORKERS ?= 2
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install test demo train sample eval bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+# The test suite (CPU). Runs in parallel over $(PYTEST_WORKERS) processes.
+test: install
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+
+# The main job on the embedded default: trains configs/digits.py, writes runs/digits.
+demo: install
+	$(PY) main.py --config=configs/digits.py --workdir=runs/digits
+
+train: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+sample: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=sample
+
+eval: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+lint: install
+	$(VENV)/bin/ruff check bit_diffusion configs tests benchmarks main.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,97 @@
+"""Orbax checkpoints in WORKDIR/checkpoints, with the model's signature checked on restore.
+
+Each checkpoint holds the train state (`StandardSave`, optimizer and EMA included) and a JSON
+`meta` item with the config fields the parameters depend on. Restoring into a different model
+config fails with a message that lists the differences, before Orbax sees mismatched shapes.
+"""
+
+import json
+import os
+from typing import Any
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+# The config fields that determine the shapes and meaning of the parameters.
+SIGNATURE_FIELDS = {
+    'data': ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes'),
+    'bits': ('encoding', 'scale', 'permutation_seed'),
+    'diffusion': ('prediction', 'loss', 'output'),
+    'model': ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
+              'num_heads'),
+}
+
+
+def model_signature(config) -> dict[str, Any]:
+  """{'model.base_channels': 256, ...}: the fields of SIGNATURE_FIELDS, JSON-ready."""
+  signature = {}
+  for section, fields in SIGNATURE_FIELDS.items():
+    for field in fields:
+      value = config[section][field]
+      signature[f'{section}.{field}'] = list(value) if isinstance(value, tuple) else value
+  return json.loads(json.dumps(signature))  # Normalise tuples and numpy scalars.
+
+
+def ensure_writable_dir(path: str) -> str:
+  """Creates `path` if needed and checks that files can be written there; returns it absolute."""
+  path = os.path.abspath(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f'.write_test_{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'The workdir {path} is not writable ({e.strerror}); pass a '
+                          '--workdir you can write to.') from e
+  return path
+
+
+def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints (absolute path, created if missing)."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
+  """Saves asynchronously; call `manager.wait_until_finished()` before exiting."""
+  meta = {'signature': model_signature(config), 'step': int(step)}
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)))
+
+
+def check_signature(manager: ocp.CheckpointManager, step: int, config) -> None:
+  """Raises ValueError if checkpoint `step` was written with a different model config."""
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  saved, wanted = meta['signature'], model_signature(config)
+  differences = [f'{key}: checkpoint has {saved.get(key)!r}, config has {wanted[key]!r}'
+                 for key in wanted if saved.get(key) != wanted[key]]
+  if differences:
+    raise ValueError(
+        f'The checkpoint at step {step} in {manager.directory} was written with a different '
+        'model config:\n  ' + '\n  '.join(differences) +
+        '\nUse the config it was trained with, or a new --workdir to train from scratch.')
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, config,
+            step: Optional[int] = None) -> tuple[Any, int]:
+  """Restores (state, step) from `step` or the latest checkpoint, laid out as `abstract_state`.
+
+  `abstract_state` is a pytree of jax.ShapeDtypeStruct (with shardings) like the saved state.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
+                            '--mode=train and the same --workdir.')
+  check_signature(manager, step, config)
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  return restored.state, step
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree` (arrays or structs) carrying the given shardings."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

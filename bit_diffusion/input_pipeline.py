@@ -1,0 +1,471 @@
+"""Training images as integer arrays, in a resumable, host-sharded order.
+
+A *source* gives random access to the examples of a dataset (`get(indices)`); `BatchIterator`
+turns it into an infinite stream of batches whose content is a pure function of (seed, step,
+process), so a resumed run sees exactly the batches an uninterrupted run would have seen:
+
+  stream = perm(seed, 0) ++ perm(seed, 1) ++ ...   (epoch e: a permutation of all N indices)
+  global batch s = stream[s * B : (s + 1) * B]      (batches may straddle epochs)
+  process p of P takes the p-th contiguous slice of B // P examples of each global batch.
+
+Sources: 'digits' (scikit-learn's bundled 8x8 digits), 'npz', 'folder' (images decoded lazily),
+'cifar10' (TFDS, loaded into memory) and 'imagenet64' (TFDS `imagenet_resized/64x64`, read with
+random access from array_record files, never loaded into memory).
+"""
+
+import dataclasses
+import functools
+import os
+import queue
+import socket
+import threading
+import urllib.parse
+import urllib.request
+from typing import Protocol
+
+import jax
+import numpy as np
+from PIL import Image
+
+_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+# PIL modes with 8 bits per channel; 16-bit and float images are refused.
+_EIGHT_BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK',
+                    'YCbCr', 'LAB', 'HSV')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model needs to know about the training data."""
+  name: str
+  num_examples: int
+  image_size: int
+  channels: int
+  num_bits: int
+  num_classes: int  # 0: the data has no labels.
+  class_names: tuple[str, ...] = ()  # Label i is class_names[i], when known.
+
+
+class Source(Protocol):
+  """Random access to a dataset's examples."""
+
+  def __len__(self) -> int:
+    ...
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns images int [n, H, W, C] and labels int32 [n] (zeros when unlabelled)."""
+    ...
+
+
+class ArraySource:
+  """Examples held in memory: images int [N, H, W, C], labels int32 [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {'images': self.images[indices], 'labels': self.labels[indices]}
+
+
+class FolderSource:
+  """Image files decoded with PIL on demand, resized (shorter side) and centre-cropped."""
+
+  def __init__(self, paths: list[str], labels: np.ndarray, image_size: int, channels: int):
+    self.paths, self.labels = paths, labels
+    self.image_size, self.mode = image_size, 'RGB' if channels == 3 else 'L'
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    images = np.stack([self._decode(int(i)) for i in indices])
+    return {'images': images.reshape(len(indices), self.image_size, self.image_size, -1),
+            'labels': self.labels[indices]}
+
+  def _decode(self, index: int) -> np.ndarray:
+    """Returns uint8 [image_size, image_size(, 3)]."""
+    path, size = self.paths[index], self.image_size
+    try:
+      with Image.open(path) as image:
+        image.draft(self.mode, (size, size))  # JPEG: decode at a reduced scale >= size.
+        image = image.convert(self.mode)
+    except (OSError, ValueError, SyntaxError) as e:
+      raise ValueError(f'Cannot decode image {path} (example {index}): {e}. Remove or replace '
+                       'the file.') from e
+    width, height = image.size
+    if (width, height) != (size, size):
+      scale = size / min(width, height)
+      width, height = max(size, round(width * scale)), max(size, round(height * scale))
+      image = image.resize((width, height), Image.Resampling.BICUBIC)  # Antialiased when shrinking.
+      left, top = (width - size) // 2, (height - size) // 2
+      image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, np.uint8)
+
+
+class TfdsRandomAccessSource:
+  """A TFDS data source (array_record): examples read and decoded on demand."""
+
+  def __init__(self, data_source):
+    self.data_source = data_source
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    keys = [int(i) for i in indices]
+    get_many = getattr(self.data_source, '__getitems__', None)  # Batched, parallel reads.
+    examples = get_many(keys) if get_many else [self.data_source[k] for k in keys]
+    return {'images': np.stack([ex['image'] for ex in examples]),
+            'labels': np.array([ex['label'] for ex in examples], np.int32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+def create_source(data_config) -> tuple[Source, DatasetInfo]:
+  """Opens `data_config.name` and checks it against the config (sizes, bits, labels)."""
+  name = data_config.name
+  if name == 'digits':
+    source, num_classes, class_names = _digits_source(data_config)
+  elif name == 'npz':
+    source, num_classes, class_names = _npz_source(data_config)
+  elif name == 'folder':
+    source, num_classes, class_names = _folder_source(data_config)
+  elif name in _TFDS_DATASETS:
+    source, num_classes, class_names = _tfds_source(data_config)
+  else:
+    raise ValueError(f"Unknown data.name {name!r}: use 'cifar10', 'imagenet64', 'digits', "
+                     "'folder' or 'npz'.")
+  if len(source) == 0:
+    raise ValueError(f'Dataset {name!r} has no examples.')
+  if data_config.class_conditional:
+    if num_classes == 0:
+      raise ValueError(f'data.class_conditional=True but dataset {name!r} has no labels. Set '
+                       '--config.data.class_conditional=False (or, for a folder, put the images '
+                       'of each class in its own subfolder).')
+    if num_classes > data_config.num_classes:
+      raise ValueError(f'Dataset {name!r} has labels 0..{num_classes - 1} but data.num_classes='
+                       f'{data_config.num_classes}. Set --config.data.num_classes={num_classes}.')
+  info = DatasetInfo(name=name, num_examples=len(source), image_size=data_config.image_size,
+                     channels=data_config.channels, num_bits=data_config.num_bits,
+                     num_classes=num_classes, class_names=tuple(class_names))
+  return source, info
+
+
+def _array_source(images, labels, data_config, what: str) -> ArraySource:
+  """Checks images int [N, H, W, C] against the config and stores them compactly."""
+  size, channels, num_bits = data_config.image_size, data_config.channels, data_config.num_bits
+  if not np.issubdtype(images.dtype, np.integer):
+    raise ValueError(f'{what}: images have dtype {images.dtype}; integer values in '
+                     f'[0, 2**num_bits) are required (e.g. uint8 for 8-bit images).')
+  if images.shape[1:] != (size, size, channels):
+    raise ValueError(f'{what}: images have shape [H, W, C] = {list(images.shape[1:])} but the '
+                     f'config asks for [{size}, {size}, {channels}]. Set --config.data.image_size '
+                     'and --config.data.channels to match, or resize the data.')
+  flat = images.reshape(len(images), -1)
+  low, high = flat.min(axis=1), flat.max(axis=1)  # [N]
+  bad = np.flatnonzero((low < 0) | (high >= 2**num_bits))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f'{what}: example {i} has values in [{low[i]}, {high[i]}], outside '
+                     f'[0, 2**num_bits) = [0, {2**num_bits}) ({bad.size} examples out of range). '
+                     f'Set --config.data.num_bits={max(1, int(high.max()).bit_length())} or '
+                     'rescale the data.')
+  dtype = np.uint8 if num_bits <= 8 else np.uint16 if num_bits <= 16 else np.int32
+  if labels is None:
+    labels = np.zeros(len(images), np.int32)
+  return ArraySource(images.astype(dtype), labels.astype(np.int32))
+
+
+def _digits_source(data_config):
+  """scikit-learn's 1797 handwritten digits: 8x8 grey, values 0..16, labels 0..9."""
+  from sklearn.datasets import load_digits  # Bundled with scikit-learn: no download.
+
+  digits = load_digits()
+  images = digits.images.astype(np.int64)[..., None]  # [1797, 8, 8, 1]
+  source = _array_source(images, digits.target, data_config, 'digits')
+  return source, 10, [str(d) for d in range(10)]
+
+
+def _npz_source(data_config):
+  """An .npz file with 'images' [N, H, W(, C)] and optional 'labels' [N]."""
+  path = data_config.path
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(f'npz file {path!r} not found. Set --config.data.path to an .npz file '
+                            "with 'images' [N, H, W, C] or [N, H, W] and optional 'labels' [N].")
+  with np.load(path, allow_pickle=False) as npz:
+    if not hasattr(npz, 'files') or 'images' not in npz.files:
+      keys = getattr(npz, 'files', 'none (not an .npz archive)')
+      raise ValueError(f"{path}: no 'images' array (keys: {keys}). Save the data with "
+                       'np.savez(path, images=..., labels=...).')
+    images = npz['images']
+    labels = npz['labels'] if 'labels' in npz.files else None
+  if images.ndim == 3:
+    images = images[..., None]  # Grey [N, H, W] -> [N, H, W, 1].
+  if images.ndim != 4:
+    raise ValueError(f"{path}: 'images' has shape {images.shape}; expected [N, H, W, C] or "
+                     '[N, H, W].')
+  num_classes = 0
+  if labels is not None:
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"{path}: 'labels' must be integers of shape [{len(images)}], got "
+                       f'{labels.dtype} {labels.shape}.')
+    if len(labels) and labels.min() < 0:
+      raise ValueError(f'{path}: example {int(np.argmin(labels))} has a negative label '
+                       f'{labels.min()}; labels must be 0..K-1.')
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+  source = _array_source(images, labels, data_config, path)
+  return source, num_classes, [str(k) for k in range(num_classes)]
+
+
+def _folder_source(data_config):
+  """Image files under data.path; top-level subfolders (sorted) are classes 0..K-1."""
+  root = data_config.path
+  if not root or not os.path.isdir(root):
+    raise FileNotFoundError(f'Image folder {root!r} not found. Set --config.data.path to a '
+                            'directory of images (one subfolder per class for labels).')
+  if data_config.num_bits < 8:
+    raise ValueError(f'Folder {root} holds 8-bit images but data.num_bits='
+                     f'{data_config.num_bits}. Set --config.data.num_bits=8.')
+  paths = []
+  for directory, subdirs, files in os.walk(root, followlinks=True):
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith('.'))
+    paths += [os.path.join(directory, f) for f in sorted(files)
+              if f.lower().endswith(_IMAGE_EXTENSIONS) and not f.startswith('.')]
+  if not paths:
+    raise FileNotFoundError(f'No images ({", ".join(_IMAGE_EXTENSIONS)}) found under {root}.')
+  for path in paths:  # Headers only (cheap); pixel data is checked when decoded.
+    try:
+      with Image.open(path) as image:
+        mode = image.mode
+    except (OSError, ValueError, SyntaxError) as e:
+      raise ValueError(f'Cannot read image {path}: {e}. Remove or replace the file.') from e
+    if mode not in _EIGHT_BIT_MODES:
+      raise ValueError(f'Image {path} has PIL mode {mode!r}; only 8-bit images are supported.')
+  parts = [os.path.relpath(path, root).split(os.sep) for path in paths]
+  classes = [p[0] if len(p) > 1 else None for p in parts]  # Top-level subfolder, if any.
+  if all(c is None for c in classes):
+    return FolderSource(paths, np.zeros(len(paths), np.int32), data_config.image_size,
+                        data_config.channels), 0, []
+  if any(c is None for c in classes):
+    loose = paths[classes.index(None)]
+    raise ValueError(f'Folder {root} mixes images in class subfolders with images at the top '
+                     f'level (e.g. {loose}). Move every image into a class subfolder, or none.')
+  class_names = sorted(set(classes))
+  labels = np.array([class_names.index(c) for c in classes], np.int32)
+  source = FolderSource(paths, labels, data_config.image_size, data_config.channels)
+  return source, len(class_names), class_names
+
+
+# TFDS name, and the host its builder downloads from (probed before any download attempt).
+_TFDS_DATASETS = {
+    'cifar10': ('cifar10', 'www.cs.toronto.edu'),
+    'imagenet64': ('imagenet_resized/64x64', 'www.image-net.org'),
+}
+
+
+def _tfds_source(data_config):
+  """CIFAR-10 (into memory) or ImageNet 64x64 (random access), from TFDS's data_dir."""
+  import tensorflow_datasets as tfds  # Imported here: it is slow and only these sources need it.
+
+  tfds_name, host = _TFDS_DATASETS[data_config.name]
+  builder = tfds.builder(tfds_name, data_dir=data_config.data_dir or None)
+  if not builder.is_prepared():
+    _download_and_prepare(builder, tfds_name, host, data_config)
+  features = builder.info.features
+  image_shape = tuple(features['image'].shape)
+  size, channels = data_config.image_size, data_config.channels
+  if image_shape != (size, size, channels):
+    raise ValueError(f'{tfds_name} images are {list(image_shape)} but the config asks for '
+                     f'[{size}, {size}, {channels}]. Set --config.data.image_size and channels.')
+  if data_config.num_bits < 8:
+    raise ValueError(f'{tfds_name} has 8-bit images but data.num_bits={data_config.num_bits}. '
+                     'Set --config.data.num_bits=8.')
+  label = features['label']
+  random_access = tfds.core.FileFormat.with_random_access()
+  if data_config.name == 'cifar10' and not builder.info.available_file_formats() & random_access:
+    # tfrecord files: read with tf.data. (batch_size=-1 aborts the process under mock_data.)
+    chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
+    source = _array_source(np.concatenate([c['image'] for c in chunks]),
+                           np.concatenate([c['label'] for c in chunks]), data_config, tfds_name)
+    return source, label.num_classes, label.names
+  try:
+    data_source = builder.as_data_source(split='train')
+  except NotImplementedError as e:  # Prepared as tfrecord only.
+    raise ValueError(
+        f'{tfds_name} in {builder.data_dir} has no array_record files, which random access needs '
+        f'({e}). Convert it once: `tfds convert_format --dataset_version_dir={builder.data_dir} '
+        '--out_file_format=array_record` (the tfds command needs `pip install apache-beam`), or '
+        f'rebuild it: `tfds build {tfds_name} --file_format=array_record --data_dir=DATA_DIR`.'
+    ) from e
+  source = TfdsRandomAccessSource(data_source)
+  if data_config.name == 'cifar10':  # 50K x 32 x 32 x 3 bytes: keep it in memory.
+    chunks = [source.get(np.arange(i, min(i + 1024, len(source))))
+              for i in range(0, len(source), 1024)]
+    source = _array_source(np.concatenate([c['images'] for c in chunks]),
+                           np.concatenate([c['labels'] for c in chunks]), data_config, tfds_name)
+  return source, label.num_classes, label.names
+
+
+def _download_and_prepare(builder, tfds_name: str, host: str, data_config) -> None:
+  """Builds a missing TFDS dataset, or fails at once with instructions when it cannot."""
+  where = data_config.data_dir or 'the TFDS default'
+  help_text = (
+      f'TFDS dataset {tfds_name!r} is not prepared in data_dir ({where}; looked for '
+      f'{builder.data_dir}). Point --config.data.data_dir=DIR at a TFDS data_dir that holds it; '
+      f'to make one, run `tfds build {tfds_name} --file_format=array_record --data_dir=DIR` on '
+      'a machine with network access (the tfds command needs `pip install apache-beam`) and '
+      "copy DIR here, or place the source files by hand as the dataset's TFDS catalogue page "
+      'describes.')
+  if not data_config.download:
+    raise FileNotFoundError(f'{help_text} (Downloading is off: data.download=False.)')
+  # TFDS retries an unreachable host for minutes (204 s measured offline); probe it first.
+  unreachable = _unreachable(host)
+  if unreachable:
+    raise FileNotFoundError(f'{help_text} (Cannot download: {unreachable}.)')
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except Exception as e:
+    raise RuntimeError(f'{help_text} (Download failed: {type(e).__name__}: {e}.)') from e
+
+
+def _unreachable(host: str, timeout: float = 3.0) -> str | None:
+  """Returns why `host` (or the HTTPS proxy) is unreachable on port 443, or None if it is not."""
+  proxy = urllib.request.getproxies().get('https')
+  if proxy and not urllib.request.proxy_bypass(host):
+    parsed = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+    address = (parsed.hostname, parsed.port or 80)
+  else:
+    address = (host, 443)
+  errors = []
+
+  def connect():
+    try:
+      socket.create_connection(address, timeout=timeout).close()
+    except OSError as e:
+      errors.append(f'{type(e).__name__}: {e}')
+    else:
+      errors.append(None)
+
+  thread = threading.Thread(target=connect, daemon=True)  # DNS lookups ignore `timeout`.
+  thread.start()
+  thread.join(timeout + 1.0)
+  reason = errors[0] if errors else f'no answer within {timeout + 1.0:.0f} s'
+  return f'{address[0]}:{address[1]} unreachable ({reason})' if reason else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches.
+
+
+class BatchIterator:
+  """Iterates over batch_at(start_step), batch_at(start_step + 1), ... prepared ahead."""
+
+  def __init__(self, source: Source, *, global_batch_size: int, seed: int, random_flip: bool,
+               start_step: int = 0, process_index: int = 0, process_count: int = 1,
+               prefetch: int = 2):
+    if global_batch_size <= 0 or global_batch_size % process_count:
+      raise ValueError(f'The global batch size {global_batch_size} must be a positive multiple '
+                       f'of the number of processes ({process_count}).')
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
+    if seed < 0 or start_step < 0:
+      raise ValueError(f'seed ({seed}) and start_step ({start_step}) must be >= 0.')
+    self.source, self.seed, self.random_flip = source, seed, random_flip
+    self.global_batch_size, self.num_examples = global_batch_size, len(source)
+    self.local_batch_size = global_batch_size // process_count
+    self.offset = process_index * self.local_batch_size  # This process's slice of the batch.
+    self.step = start_step  # The step of the batch the next `__next__` returns.
+    self.prefetch = prefetch
+    self._permutation = functools.lru_cache(maxsize=4)(self._make_permutation)
+    self._queue, self._thread, self._stop = None, None, threading.Event()
+
+  def _make_permutation(self, epoch: int) -> np.ndarray:
+    """Returns epoch's order of all example indices, int [num_examples]."""
+    return np.random.default_rng([self.seed, 0, epoch]).permutation(self.num_examples)
+
+  def indices_at(self, step: int) -> np.ndarray:
+    """Returns the example indices of this process's slice of global batch `step`, int [b]."""
+    start = step * self.global_batch_size + self.offset
+    positions = np.arange(start, start + self.local_batch_size)  # In the stream of epochs.
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+      mask = epochs == epoch
+      indices[mask] = self._permutation(int(epoch))[offsets[mask]]
+    return indices
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    """Returns images int32 [b, H, W, C] and labels int32 [b], b = global batch // processes."""
+    batch = self.source.get(self.indices_at(step))
+    images = batch['images'].astype(np.int32)
+    if self.random_flip:  # One draw per position in the global batch, whatever the processes.
+      flips = np.random.default_rng([self.seed, 1, step]).random(self.global_batch_size) < 0.5
+      flips = flips[self.offset:self.offset + self.local_batch_size]
+      images[flips] = images[flips, :, ::-1]
+    return {'images': images, 'labels': np.asarray(batch['labels'], np.int32)}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._stop.is_set():
+      raise RuntimeError('This BatchIterator is closed.')
+    if self.prefetch <= 0:
+      batch = self.batch_at(self.step)
+    else:
+      if self._thread is None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._prepare, args=(self.step,), daemon=True)
+        self._thread.start()
+      step, batch, error = self._queue.get()
+      if error is not None:
+        self.close()  # The thread has stopped: later calls raise instead of waiting forever.
+        raise error
+      assert step == self.step, (step, self.step)
+    self.step += 1
+    return batch
+
+  def _prepare(self, step: int) -> None:
+    """Background thread: puts (step, batch, error) for step, step + 1, ... into the queue."""
+    while not self._stop.is_set():
+      try:
+        item = (step, self.batch_at(step), None)
+      except Exception as e:  # Re-raised by __next__ in the consumer's thread.
+        item = (step, None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          pass
+      if item[2] is not None:
+        return
+      step += 1
+
+  def close(self) -> None:
+    """Stops the background thread."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def create_train_iterator(data_config, *, global_batch_size: int, seed: int,
+                          start_step: int = 0) -> tuple[BatchIterator, DatasetInfo]:
+  """Returns this process's batches from `start_step` on, and the dataset's description."""
+  source, info = create_source(data_config)
+  iterator = BatchIterator(source, global_batch_size=global_batch_size, seed=seed,
+                           random_flip=data_config.random_flip, start_step=start_step,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count(), prefetch=data_config.prefetch)
+  return iterator, info

@@ -1,0 +1,298 @@
+"""Training: the jitted train step over a device mesh, and `train_and_evaluate`.
+
+One code path for one CPU, several GPUs or a TPU slice: the global batch is sharded over the
+'data' axis of a `Mesh` of all devices and the train state is replicated; `jax.jit` with those
+shardings inserts the gradient all-reduce. Keys are derived as fold_in(seed key, step) and batches
+as a pure function of the step, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+import os
+from typing import Any
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from clu import metrics
+from clu import parameter_overview
+from clu import periodic_actions
+from flax import nnx
+from flax import struct
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bit_diffusion import checkpointing
+from bit_diffusion import diffusion as diffusion_lib
+from bit_diffusion import input_pipeline
+from bit_diffusion import models
+from bit_diffusion import sampling
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds. params/ema_params: nnx.State of the U-Net's Params."""
+  step: jax.Array  # int32 [], the number of completed steps.
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+@struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  x0_mse: metrics.Average.from_output('x0_mse')
+  bit_error: metrics.Average.from_output('bit_error')
+  grad_norm: metrics.Average.from_output('grad_norm')
+  param_norm: metrics.LastValue.from_output('param_norm')
+  learning_rate: metrics.LastValue.from_output('learning_rate')
+
+
+def create_mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes, axis 'data'."""
+  return Mesh(np.array(jax.devices()), ('data',))
+
+
+def learning_rate_schedule(optimizer_config) -> optax.Schedule:
+  """Linear warm-up from 0, then constant (paper: 1e-4 for CIFAR-10, 10K warm-up steps)."""
+  return optax.warmup_constant_schedule(0.0, optimizer_config.learning_rate,
+                                        max(1, optimizer_config.warmup_steps))
+
+
+def create_optimizer(optimizer_config) -> optax.GradientTransformation:
+  """Adam (AdamW when weight_decay > 0) after global-norm clipping."""
+  schedule = learning_rate_schedule(optimizer_config)
+  if optimizer_config.weight_decay > 0:
+    adam = optax.adamw(schedule, b1=optimizer_config.b1, b2=optimizer_config.b2,
+                       weight_decay=optimizer_config.weight_decay)
+  else:
+    adam = optax.adam(schedule, b1=optimizer_config.b1, b2=optimizer_config.b2)
+  if optimizer_config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), adam)
+  return adam
+
+
+def check_config(config, num_devices: int, process_count: int) -> None:
+  """Errors that can be found before loading data or compiling anything."""
+  batch = config.training.batch_size
+  if batch % num_devices:
+    raise ValueError(f'training.batch_size={batch} does not divide over {num_devices} devices; '
+                     f'use a multiple of {num_devices}.')
+  if batch % process_count:
+    raise ValueError(f'training.batch_size={batch} does not divide over {process_count} '
+                     'processes.')
+  if config.sampling.guidance and not config.diffusion.label_dropout:
+    raise ValueError('sampling.guidance > 0 needs a model trained with diffusion.label_dropout '
+                     '> 0 (it learns the unconditional model from dropped labels).')
+  if config.diffusion.label_dropout and not config.data.class_conditional:
+    raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
+  for name in ('num_steps', 'log_every', 'checkpoint_every'):
+    if config.training[name] < 1:
+      raise ValueError(f'training.{name} must be >= 1, got {config.training[name]}.')
+
+
+class Trainer:
+  """Builds the model, optimizer, shardings and jitted functions of one config.
+
+  Attributes:
+    diffusion: the Diffusion of the config.
+    graphdef: the U-Net's graph (parameters live in TrainState).
+    mesh: the device mesh; the batch is sharded over 'data', the state is replicated.
+    state_sharding: a pytree of shardings like TrainState.
+  """
+
+  def __init__(self, config, mesh: Optional[Mesh] = None):
+    self.config = config
+    self.mesh = mesh or create_mesh()
+    self.diffusion = diffusion_lib.diffusion_from_config(config)
+    self.optimizer = create_optimizer(config.optimizer)
+    self.graphdef, abstract_params = models.abstract_model(config, self.diffusion)
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
+    self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+    self.num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
+    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
+                              out_shardings=(self.state_sharding, self.replicated),
+                              donate_argnums=0)
+    self.init_state = jax.jit(self._init_state, out_shardings=self.state_sharding)
+
+  def _init_state(self, rng: jax.Array) -> TrainState:
+    _, params = models.init_params(self.config, self.diffusion, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),  # EMA starts at the weights.
+                      opt_state=self.optimizer.init(params))
+
+  def _train_step(self, state: TrainState, batch: dict[str, jax.Array]
+                  ) -> tuple[TrainState, TrainMetrics]:
+    """One optimizer step. batch: images int32 [B, H, W, C], labels int32 [B]."""
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), state.step)
+    bits = self.diffusion.codec.encode(batch['images'])  # [B, H, W, C * bits]
+    bits = jax.lax.with_sharding_constraint(bits, self.batch_sharding)
+    labels = batch['labels'] if self.diffusion.num_classes else None
+
+    def loss_fn(params):
+      terms = self.diffusion.loss_terms(models.make_denoise_fn(self.graphdef, params), bits,
+                                        labels, rng, num_shards=self.mesh.size)
+      return jnp.mean(terms.loss), terms
+
+    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = optax.incremental_update(params, state.ema_params,
+                                          1.0 - self.config.optimizer.ema_decay)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                           opt_state=opt_state)
+    step_metrics = TrainMetrics.single_from_model_output(
+        loss=terms.loss, x0_mse=terms.x0_mse, bit_error=terms.bit_error,
+        grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+        learning_rate=learning_rate_schedule(self.config.optimizer)(state.step))
+    return new_state, step_metrics
+
+  def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Assembles each process's rows into global arrays sharded over the 'data' axis."""
+    return {key: jax.make_array_from_process_local_data(self.batch_sharding, value)
+            for key, value in local_batch.items()}
+
+  def make_sample_fn(self, **overrides) -> Any:
+    """The jitted sampler of `config.sampling`, with keyword overrides (steps, td, ...)."""
+    sampling_config = dict(sampler=self.config.sampling.sampler,
+                           steps=self.config.sampling.steps, td=self.config.sampling.td,
+                           ddpm_variance=self.config.sampling.ddpm_variance,
+                           guidance=self.config.sampling.guidance,
+                           self_condition=self.config.sampling.self_condition)
+    sampling_config.update(overrides)
+    data = self.config.data
+    return sampling.make_sample_fn(
+        self.graphdef, self.diffusion, image_shape=(data.image_size, data.image_size,
+                                                    data.channels),
+        mesh=self.mesh, **sampling_config)
+
+  def restore(self, manager, step: Optional[int] = None) -> tuple[TrainState, int]:
+    abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
+    return checkpointing.restore(manager, abstract, self.config, step)
+
+
+def default_labels(num: int, num_classes: int, labels_spec: str = '') -> np.ndarray:
+  """Labels for sampling: '' cycles 0..num_classes-1 (zeros if unconditional), or '3,3,7'."""
+  if labels_spec:
+    values = np.array([int(v) for v in str(labels_spec).split(',')], np.int32)
+    if num_classes and (values.min() < 0 or values.max() >= num_classes):
+      raise ValueError(f'sampling.labels {labels_spec!r} must lie in [0, {num_classes}).')
+    return np.resize(values, num)
+  if not num_classes:
+    return np.zeros(num, np.int32)
+  return (np.arange(num) % num_classes).astype(np.int32)
+
+
+def _grid_batch_size(trainer: Trainer, wanted: int) -> int:
+  """The largest batch <= wanted that divides over the devices (at least one per device)."""
+  devices = trainer.mesh.size
+  return max(devices, wanted // devices * devices)
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains `config`, resuming from the latest checkpoint in `workdir`; returns the final state.
+
+  Writes WORKDIR/checkpoints (Orbax), TensorBoard metrics, and sample grids in WORKDIR/samples
+  (PNG, also in TensorBoard) every `training.sample_every` steps and at the end.
+  """
+  workdir = checkpointing.ensure_writable_dir(workdir)
+  check_config(config, jax.device_count(), jax.process_count())
+  if config.training.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
+  start_step = manager.latest_step() or 0
+  if start_step:
+    checkpointing.check_signature(manager, start_step, config)
+  # Data problems (missing dataset, wrong shapes or values) surface before anything compiles.
+  train_iter, _ = input_pipeline.create_train_iterator(
+      config.data, global_batch_size=config.training.batch_size, seed=config.seed,
+      start_step=start_step)
+  trainer = Trainer(config)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if start_step:
+    state, _ = trainer.restore(manager, start_step)
+    logging.info('Resumed from step %d in %s.', start_step, workdir)
+  else:
+    state = trainer.init_state(jax.random.PRNGKey(config.seed))
+    writer.write_hparams(_flat_hparams(config))
+    if is_chief:
+      logging.info('%s', parameter_overview.get_parameter_overview(
+          nnx.to_pure_dict(jax.device_get(state.params)), include_stats=False))
+  logging.info('U-Net with %d parameters on %d devices.', trainer.num_params, jax.device_count())
+
+  sample_fn = trainer.make_sample_fn()
+  num_steps = config.training.num_steps
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  hooks = [report_progress] if is_chief else []
+
+  train_metrics = None
+  step = start_step
+  try:
+    while step < num_steps:
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = trainer.global_batch(next(train_iter))
+        state, step_metrics = trainer.train_step(state, batch)
+      step += 1
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(
+          step_metrics)
+      for hook in hooks:
+        hook(step)
+
+      if step % config.training.log_every == 0 or step == num_steps:
+        summary = {f'train/{k}': v for k, v in train_metrics.compute().items()}
+        if not np.isfinite(summary['train/loss']):
+          raise FloatingPointError(
+              f'The training loss became {summary["train/loss"]} by step {step}; the last '
+              f'checkpoint in {manager.directory} was kept. Lower optimizer.learning_rate or '
+              'check the data.')
+        writer.write_scalars(step, summary)
+        train_metrics = None
+
+      if step % config.training.checkpoint_every == 0 or step == num_steps:
+        with report_progress.timed('checkpoint'):
+          checkpointing.save(manager, step, state, config)
+
+      sample_every = config.training.sample_every
+      if (sample_every and step % sample_every == 0) or step == num_steps:
+        with report_progress.timed('sample'):
+          _write_sample_grid(trainer, sample_fn, state, step, workdir, writer)
+  finally:
+    manager.wait_until_finished()
+    train_iter.close()
+    writer.flush()
+  return state
+
+
+def _write_sample_grid(trainer: Trainer, sample_fn, state: TrainState, step: int, workdir: str,
+                       writer) -> None:
+  """Samples a grid with the EMA weights; writes WORKDIR/samples/grid_STEP.png and TensorBoard."""
+  config = trainer.config
+  num = config.training.num_grid_samples
+  labels = default_labels(num, trainer.diffusion.num_classes)
+  images = sampling.generate(sample_fn, state.ema_params,
+                             jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step),
+                             labels, _grid_batch_size(trainer, num))
+  if jax.process_index() == 0:
+    grid = sampling.write_grid(os.path.join(workdir, 'samples', f'grid_{step:08d}.png'), images,
+                               sampling.display_max(config.data))
+    writer.write_images(step, {'samples': grid[None]})
+
+
+def _flat_hparams(config) -> dict[str, Any]:
+  flat = {}
+  for section, values in config.items():
+    if hasattr(values, 'items'):
+      for key, value in values.items():
+        flat[f'{section}.{key}'] = str(value) if isinstance(value, (tuple, list)) else value
+    else:
+      flat[section] = value if not isinstance(value, (tuple, list)) else str(value)
+  return flat
+
