@@ -36,7 +36,7 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   trainer, state, step = _restore(config, workdir)
   params = state.ema_params if s.use_ema else state.params
   labels = train.default_labels(s.num_samples, trainer.diffusion.num_classes, s.labels)
-  batch_size = max(trainer.mesh.size, s.batch_size // trainer.mesh.size * trainer.mesh.size)
+  batch_size = trainer.device_multiple(s.batch_size)
   logging.info('Sampling %d images from step %d: %s, %d steps, td=%s, guidance=%s.',
                s.num_samples, step, s.sampler, s.steps, s.td, s.guidance)
   images = sampling.generate(trainer.make_sample_fn(), params,

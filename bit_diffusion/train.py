@@ -174,6 +174,10 @@ class Trainer:
                                                     data.channels),
         mesh=self.mesh, **sampling_config)
 
+  def device_multiple(self, wanted: int) -> int:
+    """The largest batch <= wanted that splits evenly over the devices (at least one each)."""
+    return max(self.mesh.size, wanted // self.mesh.size * self.mesh.size)
+
   def restore(self, manager, step: Optional[int] = None) -> tuple[TrainState, int]:
     abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
     return checkpointing.restore(manager, abstract, self.config, step)
@@ -189,12 +193,6 @@ def default_labels(num: int, num_classes: int, labels_spec: str = '') -> np.ndar
   if not num_classes:
     return np.zeros(num, np.int32)
   return (np.arange(num) % num_classes).astype(np.int32)
-
-
-def _grid_batch_size(trainer: Trainer, wanted: int) -> int:
-  """The largest batch <= wanted that divides over the devices (at least one per device)."""
-  devices = trainer.mesh.size
-  return max(devices, wanted // devices * devices)
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:
@@ -282,7 +280,7 @@ def _write_sample_grid(trainer: Trainer, sample_fn, state: TrainState, step: int
   labels = default_labels(num, trainer.diffusion.num_classes)
   images = sampling.generate(sample_fn, state.ema_params,
                              jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step),
-                             labels, _grid_batch_size(trainer, num))
+                             labels, trainer.device_multiple(num))
   if jax.process_index() == 0:
     grid = sampling.write_grid(os.path.join(workdir, 'samples', f'grid_{step:08d}.png'), images,
                                sampling.display_max(config.data))
