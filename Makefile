@@ -36,7 +36,7 @@ eval: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
 
 bench: install
-	$(PY) benchmarks/bench.py
+	@$(PY) benchmarks/bench.py
 
 lint: install
 	$(VENV)/bin/ruff check bit_diffusion configs tests benchmarks main.py
