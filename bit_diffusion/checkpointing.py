@@ -13,8 +13,8 @@ from typing import Optional
 import jax
 import orbax.checkpoint as ocp
 
-# The config fields that determine the shapes and meaning of the parameters.
-SIGNATURE_FIELDS = {
+# The config fields that determine the shapes and meaning of the image model's parameters.
+IMAGE_SIGNATURE_FIELDS = {
     'data': ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes'),
     'bits': ('encoding', 'scale', 'permutation_seed'),
     'diffusion': ('prediction', 'loss', 'output'),
@@ -23,10 +23,10 @@ SIGNATURE_FIELDS = {
 }
 
 
-def model_signature(config) -> dict[str, Any]:
-  """{'model.base_channels': 256, ...}: the fields of SIGNATURE_FIELDS, JSON-ready."""
+def model_signature(config, fields_by_section: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+  """{'model.base_channels': 256, ...}: the named config fields, JSON-ready."""
   signature = {}
-  for section, fields in SIGNATURE_FIELDS.items():
+  for section, fields in fields_by_section.items():
     for field in fields:
       value = config[section][field]
       signature[f'{section}.{field}'] = list(value) if isinstance(value, tuple) else value
@@ -55,17 +55,17 @@ def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state: Any, signature: dict) -> None:
   """Saves asynchronously; call `manager.wait_until_finished()` before exiting."""
-  meta = {'signature': model_signature(config), 'step': int(step)}
+  meta = {'signature': signature, 'step': int(step)}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)))
 
 
-def check_signature(manager: ocp.CheckpointManager, step: int, config) -> None:
-  """Raises ValueError if checkpoint `step` was written with a different model config."""
+def check_signature(manager: ocp.CheckpointManager, step: int, wanted: dict) -> None:
+  """Raises ValueError if checkpoint `step` was written with a different model signature."""
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  saved, wanted = meta['signature'], model_signature(config)
+  saved = meta['signature']
   differences = [f'{key}: checkpoint has {saved.get(key)!r}, config has {wanted[key]!r}'
                  for key in wanted if saved.get(key) != wanted[key]]
   if differences:
@@ -75,7 +75,7 @@ def check_signature(manager: ocp.CheckpointManager, step: int, config) -> None:
         '\nUse the config it was trained with, or a new --workdir to train from scratch.')
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, config,
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, signature: dict,
             step: Optional[int] = None) -> tuple[Any, int]:
   """Restores (state, step) from `step` or the latest checkpoint, laid out as `abstract_state`.
 
@@ -85,7 +85,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, config,
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
                             '--mode=train and the same --workdir.')
-  check_signature(manager, step, config)
+  check_signature(manager, step, signature)
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored.state, step

@@ -2,7 +2,8 @@
 
 Training keeps parameters as a plain pytree (an `nnx.State` of `nnx.Param`s) so that jit, optax,
 EMA, sharding and Orbax all see ordinary arrays; `denoise_fn` merges them into the module inside
-each traced function.
+each traced function. Any network with the call signature
+`model(x_t ++ self_cond, gamma, cond, dropout_rng=...)` works with `make_denoise_fn`.
 """
 
 from typing import Any
@@ -42,20 +43,6 @@ def create_model(config, diffusion: diffusion_lib.Diffusion, rng: jax.Array) -> 
       num_classes=diffusion.num_classes,
       dtype=COMPUTE_DTYPES[dtype_name],
       rngs=nnx.Rngs(params=rng))
-
-
-def abstract_model(config, diffusion: diffusion_lib.Diffusion) -> tuple[nnx.GraphDef, Any]:
-  """(graphdef, abstract params) of the model, with nothing allocated (`nnx.eval_shape`)."""
-  model = nnx.eval_shape(lambda: create_model(config, diffusion, jax.random.PRNGKey(0)))
-  graphdef, params = nnx.split(model, nnx.Param)
-  return graphdef, params
-
-
-def init_params(config, diffusion: diffusion_lib.Diffusion,
-                rng: jax.Array) -> tuple[nnx.GraphDef, Any]:
-  """(graphdef, params) of a freshly initialised model."""
-  graphdef, params = nnx.split(create_model(config, diffusion, rng), nnx.Param)
-  return graphdef, params
 
 
 def make_denoise_fn(graphdef: nnx.GraphDef, params: Any) -> diffusion_lib.DenoiseFn:

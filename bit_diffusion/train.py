@@ -100,42 +100,88 @@ def check_config(config, num_devices: int, process_count: int) -> None:
 class Trainer:
   """Builds the model, optimizer, shardings and jitted functions of one config.
 
+  The defaults train the image U-Net on `input_pipeline` batches. Other tasks (captioning)
+  subclass it and override the task hooks: `create_model`, `encode_batch`,
+  `create_train_iterator`, `write_samples` and `SIGNATURE_FIELDS`; the train loop
+  (`train_and_evaluate`), checkpointing and sharding stay shared.
+
   Attributes:
     diffusion: the Diffusion of the config.
-    graphdef: the U-Net's graph (parameters live in TrainState).
+    graphdef: the network's graph (parameters live in TrainState).
     mesh: the device mesh; the batch is sharded over 'data', the state is replicated.
     state_sharding: a pytree of shardings like TrainState.
   """
+  SIGNATURE_FIELDS = checkpointing.IMAGE_SIGNATURE_FIELDS
 
   def __init__(self, config, mesh: Optional[Mesh] = None):
     self.config = config
     self.mesh = mesh or create_mesh()
     self.diffusion = diffusion_lib.diffusion_from_config(config)
     self.optimizer = create_optimizer(config.optimizer)
-    self.graphdef, abstract_params = models.abstract_model(config, self.diffusion)
+    abstract_model = nnx.eval_shape(lambda: self.create_model(jax.random.PRNGKey(0)))
+    self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    self.num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
     self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
     self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
-    self.num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
                               out_shardings=(self.state_sharding, self.replicated),
                               donate_argnums=0)
     self.init_state = jax.jit(self._init_state, out_shardings=self.state_sharding)
 
+  # Task hooks: the image task's versions.
+
+  def create_model(self, rng: jax.Array) -> nnx.Module:
+    """The network: model(x_t ++ self_cond, gamma, cond, dropout_rng=...) -> raw output."""
+    return models.create_model(self.config, self.diffusion, rng)
+
+  def encode_batch(self, batch: dict[str, jax.Array]
+                   ) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(analog bits [B, H, W, C * bits], labels [B] or None) of an image batch."""
+    bits = self.diffusion.codec.encode(batch['images'])
+    return bits, batch['labels'] if self.diffusion.num_classes else None
+
+  def create_train_iterator(self, start_step: int) -> Any:
+    """This process's batches (numpy dicts) from `start_step` on."""
+    iterator, _ = input_pipeline.create_train_iterator(
+        self.config.data, global_batch_size=self.config.training.batch_size,
+        seed=self.config.seed, start_step=start_step)
+    return iterator
+
+  def write_samples(self, state: TrainState, step: int, workdir: str, writer) -> None:
+    """Samples a grid with the EMA weights: WORKDIR/samples/grid_STEP.png and TensorBoard."""
+    if not hasattr(self, '_grid_sample_fn'):
+      self._grid_sample_fn = self.make_sample_fn()
+    num = self.config.training.num_grid_samples
+    labels = default_labels(num, self.diffusion.num_classes)
+    images = sampling.generate(
+        self._grid_sample_fn, state.ema_params,
+        jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 1), step), labels,
+        self.device_multiple(num))
+    if jax.process_index() == 0:
+      grid = sampling.write_grid(os.path.join(workdir, 'samples', f'grid_{step:08d}.png'),
+                                 images, sampling.display_max(self.config.data))
+      writer.write_images(step, {'samples': grid[None]})
+
+  def signature(self) -> dict[str, Any]:
+    """The config fields a checkpoint of this model depends on (checked on restore)."""
+    return checkpointing.model_signature(self.config, self.SIGNATURE_FIELDS)
+
+  # Shared machinery.
+
   def _init_state(self, rng: jax.Array) -> TrainState:
-    _, params = models.init_params(self.config, self.diffusion, rng)
+    params = nnx.state(self.create_model(rng), nnx.Param)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree.map(jnp.copy, params),  # EMA starts at the weights.
                       opt_state=self.optimizer.init(params))
 
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]
                   ) -> tuple[TrainState, TrainMetrics]:
-    """One optimizer step. batch: images int32 [B, H, W, C], labels int32 [B]."""
+    """One optimizer step on a global batch (see `encode_batch`)."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), state.step)
-    bits = self.diffusion.codec.encode(batch['images'])  # [B, H, W, C * bits]
+    bits, labels = self.encode_batch(batch)
     bits = jax.lax.with_sharding_constraint(bits, self.batch_sharding)
-    labels = batch['labels'] if self.diffusion.num_classes else None
 
     def loss_fn(params):
       terms = self.diffusion.loss_terms(models.make_denoise_fn(self.graphdef, params), bits,
@@ -180,7 +226,7 @@ class Trainer:
 
   def restore(self, manager, step: Optional[int] = None) -> tuple[TrainState, int]:
     abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
-    return checkpointing.restore(manager, abstract, self.config, step)
+    return checkpointing.restore(manager, abstract, self.signature(), step)
 
 
 def default_labels(num: int, num_classes: int, labels_spec: str = '') -> np.ndarray:
@@ -195,7 +241,7 @@ def default_labels(num: int, num_classes: int, labels_spec: str = '') -> np.ndar
   return (np.arange(num) % num_classes).astype(np.int32)
 
 
-def train_and_evaluate(config, workdir: str) -> TrainState:
+def train_and_evaluate(config, workdir: str, trainer_class: type = Trainer) -> TrainState:
   """Trains `config`, resuming from the latest checkpoint in `workdir`; returns the final state.
 
   Writes WORKDIR/checkpoints (Orbax), TensorBoard metrics, and sample grids in WORKDIR/samples
@@ -208,14 +254,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
+  trainer = trainer_class(config)  # Builds abstract shapes only: nothing is compiled yet.
   start_step = manager.latest_step() or 0
   if start_step:
-    checkpointing.check_signature(manager, start_step, config)
+    checkpointing.check_signature(manager, start_step, trainer.signature())
   # Data problems (missing dataset, wrong shapes or values) surface before anything compiles.
-  train_iter, _ = input_pipeline.create_train_iterator(
-      config.data, global_batch_size=config.training.batch_size, seed=config.seed,
-      start_step=start_step)
-  trainer = Trainer(config)
+  train_iter = trainer.create_train_iterator(start_step)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step:
@@ -227,9 +271,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     if is_chief:
       logging.info('%s', parameter_overview.get_parameter_overview(
           nnx.to_pure_dict(jax.device_get(state.params)), include_stats=False))
-  logging.info('U-Net with %d parameters on %d devices.', trainer.num_params, jax.device_count())
+  logging.info('Model with %d parameters on %d devices.', trainer.num_params, jax.device_count())
 
-  sample_fn = trainer.make_sample_fn()
   num_steps = config.training.num_steps
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report_progress] if is_chief else []
@@ -259,32 +302,17 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
       if step % config.training.checkpoint_every == 0 or step == num_steps:
         with report_progress.timed('checkpoint'):
-          checkpointing.save(manager, step, state, config)
+          checkpointing.save(manager, step, state, trainer.signature())
 
       sample_every = config.training.sample_every
       if (sample_every and step % sample_every == 0) or step == num_steps:
         with report_progress.timed('sample'):
-          _write_sample_grid(trainer, sample_fn, state, step, workdir, writer)
+          trainer.write_samples(state, step, workdir, writer)
   finally:
     manager.wait_until_finished()
     train_iter.close()
     writer.flush()
   return state
-
-
-def _write_sample_grid(trainer: Trainer, sample_fn, state: TrainState, step: int, workdir: str,
-                       writer) -> None:
-  """Samples a grid with the EMA weights; writes WORKDIR/samples/grid_STEP.png and TensorBoard."""
-  config = trainer.config
-  num = config.training.num_grid_samples
-  labels = default_labels(num, trainer.diffusion.num_classes)
-  images = sampling.generate(sample_fn, state.ema_params,
-                             jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step),
-                             labels, trainer.device_multiple(num))
-  if jax.process_index() == 0:
-    grid = sampling.write_grid(os.path.join(workdir, 'samples', f'grid_{step:08d}.png'), images,
-                               sampling.display_max(config.data))
-    writer.write_images(step, {'samples': grid[None]})
 
 
 def _flat_hparams(config) -> dict[str, Any]:
