@@ -10,6 +10,7 @@ logits ('softmax' output); `Diffusion.x0_from_output` turns any of them into an 
 """
 
 import dataclasses
+import fractions
 from typing import Callable
 from typing import Optional
 
@@ -122,22 +123,25 @@ class Diffusion:
     """x0 estimate clipped to [-b, b], as used for self-conditioning and sampling."""
     return jnp.clip(self.x0_from_output(output, x_t, gamma), -self.scale, self.scale)
 
-  def num_self_conditioned(self, shard_size: int) -> int:
-    """Examples per batch shard trained with self-conditioning (a fixed leading part)."""
-    return int(round(self.self_condition_rate * shard_size))
+  def self_condition_pattern(self, batch: int) -> tuple[int, int]:
+    """(k, m): the first k of every m consecutive examples get self-conditioning.
+
+    k / m is the self-conditioning rate (as a fraction with m <= batch). The pattern depends on
+    the global batch only, not on how it is sharded, so 1 and 8 devices train identically; any
+    shard whose size is a multiple of m gets exactly its share of the extra pass.
+    """
+    rate = fractions.Fraction(self.self_condition_rate).limit_denominator(max(1, batch))
+    return rate.numerator, rate.denominator
 
   def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, labels: Optional[jnp.ndarray],
-                 rng: jax.Array, num_shards: int = 1) -> LossTerms:
+                 rng: jax.Array) -> LossTerms:
     """Algorithm 1 of the paper, per example.
 
     Args:
       denoise_fn: the network, see the module docstring.
       bits: analog bits x0, float32 [B, ..., D].
-      labels: int32 [B] or None.
+      labels: conditioning with a leading batch axis (int32 [B] class labels) or None.
       rng: a PRNG key.
-      num_shards: the number of batch shards (devices). As in the authors' code, the first
-        `self_condition_rate` of every shard gets the extra self-conditioning pass, so the pass
-        costs that fraction of the batch and stays balanced across devices.
 
     Returns:
       LossTerms, each [B].
@@ -153,25 +157,28 @@ class Diffusion:
       drop = jax.random.bernoulli(label_rng, self.label_dropout, labels.shape)
       labels = jnp.where(drop, self.num_classes, labels)
 
-    # Self-conditioning (Sec. 3): the first k examples of each shard get a stop-gradient x0
-    # estimate from a first pass; the rest are conditioned on zeros.
+    # Self-conditioning (Sec. 3): a fixed share of the batch (as the authors' code; the paper's
+    # pseudo-code flips a coin per batch) gets a stop-gradient x0 estimate from a first pass,
+    # the rest is conditioned on zeros. The first pass runs only on that share.
     self_cond = jnp.zeros_like(x_t)
-    if batch % num_shards:
-      raise ValueError(f'Batch {batch} does not split into {num_shards} shards.')
-    shard_size = batch // num_shards
-    k = self.num_self_conditioned(shard_size)
-    if k > 0:
-      def leading(a):  # [B, ...] -> [num_shards * k, ...], the first k of each shard.
+    k, m = self.self_condition_pattern(batch)
+    if k > 0 and batch % m == 0:
+      def leading(a):  # [B, ...] -> [B / m * k, ...], the first k of every m examples.
         if a is None:
           return None
-        return a.reshape(num_shards, shard_size, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:])
+        return a.reshape(batch // m, m, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:])
       first_x_t, first_gamma = leading(x_t), leading(gamma)
       first_output = denoise_fn(first_x_t, first_gamma, jnp.zeros_like(first_x_t),
                                 leading(labels), sc_rng)
       estimate = jax.lax.stop_gradient(self.clipped_x0(first_output, first_x_t, first_gamma))
-      estimate = estimate.reshape(num_shards, k, *x_t.shape[1:])
-      padding = jnp.zeros((num_shards, shard_size - k, *x_t.shape[1:]), x_t.dtype)
+      estimate = estimate.reshape(batch // m, k, *x_t.shape[1:])
+      padding = jnp.zeros((batch // m, m - k, *x_t.shape[1:]), x_t.dtype)
       self_cond = jnp.concatenate([estimate, padding], axis=1).reshape(x_t.shape)
+    elif k > 0:  # The batch is not a multiple of m: run the first pass on all, keep the share.
+      first_output = denoise_fn(x_t, gamma, self_cond, labels, sc_rng)
+      estimate = jax.lax.stop_gradient(self.clipped_x0(first_output, x_t, gamma))
+      chosen = _bcast(jnp.arange(batch) % m < k, x_t)
+      self_cond = jnp.where(chosen, estimate, 0.0)
 
     output = denoise_fn(x_t, gamma, self_cond, labels, dropout_rng).astype(jnp.float32)
     reduce = lambda a: jnp.mean(a.reshape(batch, -1), axis=-1)

@@ -71,7 +71,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     bits = diffusion.codec.encode(batch['images'])
     labels = batch['labels'] if diffusion.num_classes else None
     terms = diffusion.loss_terms(models.make_denoise_fn(trainer.graphdef, params), bits, labels,
-                                 rng, num_shards=trainer.mesh.size)
+                                 rng)
     return jax.tree.map(jnp.mean, terms)
 
   totals = []

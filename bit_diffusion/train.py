@@ -7,6 +7,8 @@ as a pure function of the step, so a resumed run repeats an uninterrupted one ex
 """
 
 import os
+import signal
+import threading
 from typing import Any
 from typing import Optional
 
@@ -21,6 +23,7 @@ from clu import parameter_overview
 from clu import periodic_actions
 from flax import nnx
 from flax import struct
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -34,11 +37,14 @@ from bit_diffusion import sampling
 
 @struct.dataclass
 class TrainState:
-  """Everything a checkpoint holds. params/ema_params: nnx.State of the U-Net's Params."""
+  """Everything a checkpoint holds. params/ema_params: nnx.State of the network's Params."""
   step: jax.Array  # int32 [], the number of completed steps.
   params: Any
   ema_params: Any
   opt_state: Any
+  # int32 []: the first step whose loss or gradient was NaN/Inf, or -1. From that step on the
+  # weights are frozen at their last finite values; the host stops at the next check.
+  first_nonfinite_step: jax.Array
 
 
 @struct.dataclass
@@ -174,7 +180,8 @@ class Trainer:
     params = nnx.state(self.create_model(rng), nnx.Param)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree.map(jnp.copy, params),  # EMA starts at the weights.
-                      opt_state=self.optimizer.init(params))
+                      opt_state=self.optimizer.init(params),
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]
                   ) -> tuple[TrainState, TrainMetrics]:
@@ -185,19 +192,27 @@ class Trainer:
 
     def loss_fn(params):
       terms = self.diffusion.loss_terms(models.make_denoise_fn(self.graphdef, params), bits,
-                                        labels, rng, num_shards=self.mesh.size)
+                                        labels, rng)
       return jnp.mean(terms.loss), terms
 
-    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params,
                                           1.0 - self.config.optimizer.ema_decay)
-    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
-                           opt_state=opt_state)
+    # A NaN/Inf step leaves the weights as they were and records the step for the host.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    first_nonfinite_step = jnp.where(finite | (state.first_nonfinite_step >= 0),
+                                     state.first_nonfinite_step, state.step + 1)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           ema_params=keep(ema_params, state.ema_params),
+                           opt_state=keep(opt_state, state.opt_state),
+                           first_nonfinite_step=first_nonfinite_step)
     step_metrics = TrainMetrics.single_from_model_output(
-        loss=terms.loss, x0_mse=terms.x0_mse, bit_error=terms.bit_error,
-        grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+        loss=terms.loss, x0_mse=terms.x0_mse, bit_error=terms.bit_error, grad_norm=grad_norm,
+        param_norm=optax.global_norm(params),
         learning_rate=learning_rate_schedule(self.config.optimizer)(state.step))
     return new_state, step_metrics
 
@@ -277,6 +292,7 @@ def train_and_evaluate(config, workdir: str, trainer_class: type = Trainer) -> T
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report_progress] if is_chief else []
 
+  preemption = PreemptionWatcher()
   train_metrics = None
   step = start_step
   try:
@@ -289,30 +305,73 @@ def train_and_evaluate(config, workdir: str, trainer_class: type = Trainer) -> T
           step_metrics)
       for hook in hooks:
         hook(step)
+      is_last = step == num_steps
+      preempted = preemption.reached(step)
+      must_save = step % config.training.checkpoint_every == 0 or is_last or preempted
 
-      if step % config.training.log_every == 0 or step == num_steps:
-        summary = {f'train/{k}': v for k, v in train_metrics.compute().items()}
-        if not np.isfinite(summary['train/loss']):
-          raise FloatingPointError(
-              f'The training loss became {summary["train/loss"]} by step {step}; the last '
-              f'checkpoint in {manager.directory} was kept. Lower optimizer.learning_rate or '
-              'check the data.')
-        writer.write_scalars(step, summary)
+      if step % config.training.log_every == 0 or is_last or must_save:
+        _check_finite(state, manager)  # Before anything is written from this state.
+      if step % config.training.log_every == 0 or is_last:
+        writer.write_scalars(step, {f'train/{k}': v for k, v in train_metrics.compute().items()})
         train_metrics = None
-
-      if step % config.training.checkpoint_every == 0 or step == num_steps:
+      if must_save:
         with report_progress.timed('checkpoint'):
           checkpointing.save(manager, step, state, trainer.signature())
-
+      if preempted:
+        logging.warning('Preempted: saved the checkpoint of step %d in %s and stopped. Run the '
+                        'same command again to resume.', step, manager.directory)
+        break
       sample_every = config.training.sample_every
-      if (sample_every and step % sample_every == 0) or step == num_steps:
+      if (sample_every and step % sample_every == 0) or is_last:
         with report_progress.timed('sample'):
           trainer.write_samples(state, step, workdir, writer)
   finally:
+    preemption.close()
     manager.wait_until_finished()
     train_iter.close()
     writer.flush()
   return state
+
+
+def _check_finite(state: TrainState, manager) -> None:
+  """Raises FloatingPointError if a step since the last check had a NaN/Inf loss or gradient."""
+  bad_step = int(jax.device_get(state.first_nonfinite_step))
+  if bad_step >= 0:
+    raise FloatingPointError(
+        f'The loss or the gradient became NaN or Inf at step {bad_step}. Training stopped; '
+        f'the last good checkpoint (step {manager.latest_step()}) in {manager.directory} was '
+        'kept and nothing after it was saved. Lower optimizer.learning_rate, enable '
+        'optimizer.grad_clip_norm, or check the data; rerunning resumes from that checkpoint.')
+
+
+class PreemptionWatcher:
+  """Tells the train loop when to save and stop because the job is being preempted.
+
+  One process: a SIGTERM handler sets a flag (restored on `close`). Several processes: JAX's
+  preemption sync point, so that all processes agree on the step to save (it watches SIGTERM
+  through the distributed runtime, as on Cloud TPU maintenance events).
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous_handler = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint at the end of this step.')
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
 
 
 def _flat_hparams(config) -> dict[str, Any]:

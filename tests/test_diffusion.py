@@ -30,9 +30,9 @@ def _oracle(diff, bits):
 
 
 def _leading(diff, bits, x_t):
-  k = diff.num_self_conditioned(bits.shape[0])
-  assert x_t.shape[0] == k
-  return bits[:k]
+  k, m = diff.self_condition_pattern(bits.shape[0])
+  assert x_t.shape[0] == bits.shape[0] // m * k
+  return bits.reshape(-1, m, *bits.shape[1:])[:, :k].reshape(x_t.shape)
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -70,22 +70,26 @@ def test_corrupt_matches_equation_one():
   np.testing.assert_allclose(x_t[3], np.sqrt(g) * BITS[3] + np.sqrt(1 - g), rtol=1e-6)
 
 
-def test_self_conditioning_pass_covers_the_leading_part_of_each_shard():
+@pytest.mark.parametrize('rate,first_labels,conditioned', [
+    (0.5, [0, 2, 4, 6], [1, 0, 1, 0, 1, 0, 1, 0]),
+    (0.25, [0, 4], [1, 0, 0, 0, 1, 0, 0, 0]),
+    (0.75, [0, 1, 2, 4, 5, 6], [1, 1, 1, 0, 1, 1, 1, 0]),
+    (1 / 3, list(range(8)), [1, 0, 0, 1, 0, 0, 1, 0]),  # 1 of every 3: 8 is no multiple of 3.
+])
+def test_self_conditioning_pass_covers_a_fixed_share(rate, first_labels, conditioned):
   seen = []
 
   def recording_denoise_fn(x_t, gamma, self_cond, labels, rng):
-    seen.append((x_t.shape[0], np.asarray(self_cond), None if labels is None else labels))
+    seen.append((x_t.shape[0], np.asarray(self_cond), labels))
     return jnp.full_like(x_t, 3.0)  # Clipped to b = 1 for the self-conditioning estimate.
 
-  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=0.5)
-  labels = jnp.arange(8)
-  diff.loss_terms(recording_denoise_fn, BITS, labels, jax.random.PRNGKey(0), num_shards=2)
-  (first_batch, first_sc, first_labels), (second_batch, second_sc, _) = seen
-  assert first_batch == 4 and not first_sc.any()
-  np.testing.assert_array_equal(first_labels, [0, 1, 4, 5])  # Leading 2 of each shard of 4.
+  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=rate)
+  diff.loss_terms(recording_denoise_fn, BITS, jnp.arange(8), jax.random.PRNGKey(0))
+  (first_batch, first_sc, seen_labels), (second_batch, second_sc, _) = seen
+  assert first_batch == len(first_labels) and not first_sc.any()
+  np.testing.assert_array_equal(seen_labels, first_labels)
   assert second_batch == 8
-  conditioned = np.abs(second_sc).reshape(8, -1).max(axis=1)
-  np.testing.assert_array_equal(conditioned, [1, 1, 0, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(np.abs(second_sc).reshape(8, -1).max(axis=1), conditioned)
 
 
 def test_self_conditioning_estimate_gets_no_gradient():
