@@ -1,0 +1,153 @@
+"""Killed, preempted and diverging runs: resume exactly, save on SIGTERM, stop on NaN."""
+
+import glob
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bit_diffusion import checkpointing
+from bit_diffusion import train
+from tests import tiny_configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _start(workdir, log_path, **overrides):
+  """Starts main.py on the tiny digits config in a subprocess; its log goes to log_path."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  command = [sys.executable, 'main.py', f'--workdir={workdir}',
+             *tiny_configs.tiny_digits_flags(**overrides)]
+  log = open(log_path, 'a')
+  return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _logged_steps(log_path) -> int:
+  """The highest step whose metrics the run has logged so far (0 if none)."""
+  with open(log_path) as f:
+    steps = re.findall(r'\] \[(\d+)\] train/', f.read())
+  return max((int(s) for s in steps), default=0)
+
+
+def _wait_for(condition, timeout, what):
+  deadline = time.time() + timeout
+  while not condition():
+    if time.time() > deadline:
+      raise TimeoutError(f'Timed out waiting for {what}.')
+    time.sleep(0.002)
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+KILL_RUN = {'training.num_steps': 40, 'training.checkpoint_every': 4, 'training.log_every': 1,
+            'training.max_checkpoints': 20, 'training.compilation_cache': True}
+
+
+def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
+  straight = train.train_and_evaluate(tiny_configs.tiny_digits(**KILL_RUN),
+                                      str(tmp_path / 'straight'))
+  workdir, log_path = str(tmp_path / 'killed'), str(tmp_path / 'killed.log')
+  rng = random.Random(0)
+  kills, kills_during_save = 0, 0
+  for attempt in range(15):
+    process = _start(workdir, log_path, **KILL_RUN)
+    if kills >= 5 and kills_during_save:
+      assert process.wait(timeout=300) == 0, open(log_path).read()[-3000:]
+      break
+    start = _logged_steps(log_path)
+    if kills_during_save == 0 and kills >= 1:  # Kill while Orbax writes a checkpoint.
+      pattern = os.path.join(workdir, 'checkpoints', '*orbax-checkpoint-tmp*')
+      try:
+        _wait_for(lambda: glob.glob(pattern) or process.poll() is not None, 300,
+                  'a checkpoint write')
+      except TimeoutError:
+        process.kill()
+        raise
+      if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        kills_during_save += 1
+    else:  # Kill after a random number of further steps.
+      target = start + rng.randint(1, 6)
+      _wait_for(lambda: _logged_steps(log_path) >= target or process.poll() is not None, 300,
+                f'step {target}')
+      time.sleep(rng.uniform(0.0, 0.05))
+      process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    if process.returncode == -signal.SIGKILL:
+      kills += 1
+  assert kills >= 5 and kills_during_save >= 1, (kills, kills_during_save)
+
+  trainer = train.Trainer(tiny_configs.tiny_digits(**KILL_RUN))
+  manager = checkpointing.create_manager(workdir, 20)
+  assert manager.latest_step() == 40
+  for step in manager.all_steps():  # Every checkpoint left on disk restores.
+    state, restored_step = trainer.restore(manager, step)
+    assert restored_step == step == int(state.step)
+  final, _ = trainer.restore(manager, 40)
+  for a, b in zip(_params(straight), _params(final)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_at_the_step_reached_and_exits_cleanly(tmp_path):
+  workdir, log_path = str(tmp_path / 'run'), str(tmp_path / 'run.log')
+  overrides = {'training.num_steps': 100_000, 'training.checkpoint_every': 100_000,
+               'training.log_every': 1, 'training.compilation_cache': True}
+  process = _start(workdir, log_path, **overrides)
+  try:
+    _wait_for(lambda: _logged_steps(log_path) >= 3 or process.poll() is not None, 300, 'step 3')
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+  finally:
+    process.kill()
+  log = open(log_path).read()
+  saved = int(re.search(r'Preempted: saved the checkpoint of step (\d+)', log).group(1))
+  assert 3 <= saved < 100_000
+  assert checkpointing.create_manager(workdir, 3).all_steps() == [saved]
+
+
+class _PoisonedTrainer(train.Trainer):
+  """Feeds NaN bits at one step, as a diverging model would produce NaN losses."""
+  POISON_STEP = 6  # The batch of step index 6, i.e. the 7th step.
+
+  def create_train_iterator(self, start_step):
+    iterator = super().create_train_iterator(start_step)
+    original = iterator.batch_at
+
+    def batch_at(step):
+      batch = original(step)
+      if step == self.POISON_STEP:
+        batch['labels'] = np.full_like(batch['labels'], -1)
+      return batch
+    iterator.batch_at = batch_at
+    return iterator
+
+  def encode_batch(self, batch):
+    bits, labels = super().encode_batch(batch)
+    poisoned = jnp.any(batch['labels'] < 0)
+    return jnp.where(poisoned, jnp.nan, bits), jnp.maximum(labels, 0)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_configs.tiny_digits(**{'training.num_steps': 10, 'training.log_every': 100,
+                                       'training.checkpoint_every': 2,
+                                       'training.max_checkpoints': 10})
+  try:
+    train.train_and_evaluate(config, str(tmp_path), trainer_class=_PoisonedTrainer)
+    raise AssertionError('Training went on past a NaN loss.')
+  except FloatingPointError as e:
+    message = str(e)
+  assert 'NaN or Inf at step 7' in message and 'last good checkpoint (step 6)' in message
+  manager = checkpointing.create_manager(str(tmp_path), 10)
+  assert manager.all_steps() == [2, 4, 6]  # Nothing was saved from step 8 on.
+  state, _ = _PoisonedTrainer(config).restore(manager, 6)
+  assert int(state.first_nonfinite_step) == -1
+  assert all(np.isfinite(p).all() for p in _params(state))
