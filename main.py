@@ -8,6 +8,7 @@ Kept short on purpose: the logic lives in `bit_diffusion/`, where it is tested.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -22,9 +23,10 @@ from bit_diffusion import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'tokenizer'],
                   'train: train and resume; sample: write samples of the latest checkpoint; '
-                  'eval: score the latest checkpoint.')
+                  'eval: score the latest checkpoint; tokenizer (captioning): train and write '
+                  'the SentencePiece model of config.tokenizer.path.')
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -42,13 +44,41 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   config = FLAGS.config
-  if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == 'sample':
-    evaluate.sample_from_checkpoint(config, FLAGS.workdir)
+  if config.task == 'captioning':
+    from bit_diffusion.captioning import evaluate as task_evaluate
+    from bit_diffusion.captioning import trainer as task_trainer
+    trainer_class = task_trainer.trainer_class(config)
+  elif config.task == 'image':
+    task_evaluate, trainer_class = evaluate, train.Trainer
   else:
-    evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+    raise app.UsageError(f"Unknown config.task {config.task!r}: 'image' or 'captioning'.")
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir, trainer_class=trainer_class)
+  elif FLAGS.mode == 'sample':
+    task_evaluate.sample_from_checkpoint(config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    task_evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+  elif config.task == 'captioning':
+    task_evaluate.write_tokenizer(config)
+  else:
+    raise app.UsageError('--mode=tokenizer is for captioning configs.')
 
+
+def _parse_flags_or_exit(argv: list[str]) -> None:
+  """Parses the flags once up front so that a config mistake ends in one clear line."""
+  try:
+    FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'Error on the command line: {e}')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # From config overrides.
+    message = str(e.args[0]) if e.args else str(e)
+    # ml_collections nests the repr of a KeyError's message: undo its quotes and escapes.
+    message = message.replace('\\n', ' ').replace("\\'", "'")
+    if message.startswith("''"):
+      message = message[1:-1]
+    kind = 'no such field: ' if isinstance(e, (AttributeError, KeyError)) else ''
+    sys.exit(f'Error in the config: {kind}{" ".join(message.split())}')
 
 if __name__ == '__main__':
+  _parse_flags_or_exit(sys.argv)
   app.run(main)

@@ -201,8 +201,13 @@ def _npz_source(data_config):
       keys = getattr(npz, 'files', 'none (not an .npz archive)')
       raise ValueError(f"{path}: no 'images' array (keys: {keys}). Save the data with "
                        'np.savez(path, images=..., labels=...).')
-    images = npz['images']
-    labels = npz['labels'] if 'labels' in npz.files else None
+    try:
+      images = npz['images']
+      labels = npz['labels'] if 'labels' in npz.files else None
+    except ValueError as e:  # Object arrays: numpy would need pickle, which is never used here.
+      raise ValueError(f'{path}: holds Python objects, which would have to be unpickled; '
+                       'nothing is loaded with pickle. Save plain integer arrays with '
+                       'np.savez(path, images=..., labels=...).') from e
   if images.ndim == 3:
     images = images[..., None]  # Grey [N, H, W] -> [N, H, W, 1].
   if images.ndim != 4:

@@ -1,0 +1,158 @@
+"""Bad input gets a clear error: each case below, and the table of messages in docs/.
+
+`python tools/bad_inputs_table.py` runs these same cases and writes docs/bad_inputs.md; the test
+`test_docs_table_is_current` fails when a message here no longer matches that table.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bit_diffusion import analog_bits
+from bit_diffusion import input_pipeline
+from bit_diffusion import schedules
+from bit_diffusion import train
+from tests import tiny_configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS_TABLE = os.path.join(REPO, 'docs', 'bad_inputs.md')
+
+
+def _cli(tmp, *flags):
+  """Runs main.py with flags; raises RuntimeError with the error line it printed on failure."""
+  result = subprocess.run([sys.executable, 'main.py', f'--workdir={tmp}/run', *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3'))
+  if result.returncode == 0:
+    return
+  lines = result.stderr.strip().splitlines()
+  raise RuntimeError(next((line for line in lines if line.startswith('Error')), lines[-1]))
+
+
+def _npz(tmp, **arrays):
+  path = os.path.join(tmp, 'data.npz')
+  np.savez(path, **arrays)
+  return tiny_configs.tiny_digits(**{'data.name': 'npz', 'data.path': path})
+
+
+def _load(config):
+  input_pipeline.create_source(config.data)
+
+
+def _trainer(**overrides):
+  train.Trainer(tiny_configs.tiny_digits(**overrides))
+
+
+def _corrupt_folder(tmp):
+  root = os.path.join(tmp, 'images', 'cats')
+  os.makedirs(root)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, 'good.png'))
+  with open(os.path.join(root, 'broken.png'), 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n not really a png')
+  _load(tiny_configs.tiny_digits(**{'data.name': 'folder', 'data.path': os.path.dirname(root),
+                                    'data.num_bits': 8}))
+
+
+def _other_checkpoint(tmp):
+  workdir = os.path.join(tmp, 'run')
+  train.train_and_evaluate(tiny_configs.tiny_digits(**{'training.num_steps': 2}), workdir)
+  train.train_and_evaluate(tiny_configs.tiny_digits(**{'model.base_channels': 32}), workdir)
+
+
+def _unwritable_workdir(tmp):
+  blocker = os.path.join(tmp, 'file')
+  open(blocker, 'w').close()
+  train.train_and_evaluate(tiny_configs.tiny_digits(), os.path.join(blocker, 'run'))
+
+
+def _missing_cifar10(tmp):
+  config = tiny_configs.tiny_cifar10()
+  config.data.data_dir = os.path.join(tmp, 'tfds')
+  config.data.download = False
+  _load(config)
+
+
+def _object_array_npz(tmp):
+  path = os.path.join(tmp, 'data.npz')
+  np.savez(path, images=np.array([object()] * 4, dtype=object))
+  _load(tiny_configs.tiny_digits(**{'data.name': 'npz', 'data.path': path}))
+
+
+# (what the user did wrong, how to trigger it given a temporary folder, the exception type).
+CASES = [
+    ('Misspelt config key on the command line', lambda t: _cli(
+        t, '--config=configs/digits.py', '--config.model.base_chanels=3'), RuntimeError),
+    ('Config value of the wrong type', lambda t: _cli(
+        t, '--config=configs/digits.py', '--config.training.batch_size=sixteen'), RuntimeError),
+    ('Unknown bit encoding', lambda t: analog_bits.BitCodec(8, 'grey'), ValueError),
+    ('Bit width outside 1..16', lambda t: analog_bits.BitCodec(17), ValueError),
+    ('Bit width too small for the data (digits need 5 bits)',
+     lambda t: _load(tiny_configs.tiny_digits(**{'data.num_bits': 4})), ValueError),
+    ('Unknown noise schedule', lambda t: schedules.get_gamma_fn('cosin'), ValueError),
+    ('Image size not divisible by the U-Net downsampling',
+     lambda t: _trainer(**{'data.image_size': 10, 'model.channel_multipliers': (1, 2, 2)}),
+     ValueError),
+    ('Attention resolution that never occurs',
+     lambda t: _trainer(**{'model.attention_resolutions': (16,)}), ValueError),
+    ('Global batch not divisible by the devices',
+     lambda t: train.check_config(tiny_configs.tiny_digits(**{'training.batch_size': 15}), 2, 1),
+     ValueError),
+    ('Guidance asked of a model trained without label dropout',
+     lambda t: train.check_config(tiny_configs.tiny_digits(
+         **{'sampling.guidance': 1.0, 'diffusion.label_dropout': 0.0}), 1, 1), ValueError),
+    ('Class-conditional training on unlabelled data',
+     lambda t: _load(_npz(t, images=np.zeros((4, 8, 8, 1), np.uint8))), ValueError),
+    ('Data of the wrong image shape',
+     lambda t: _load(_npz(t, images=np.zeros((4, 16, 16, 1), np.uint8),
+                          labels=np.zeros(4, np.int32))), ValueError),
+    ('Data of a float dtype', lambda t: _load(_npz(t, images=np.zeros((4, 8, 8, 1), np.float32),
+                                                   labels=np.zeros(4, np.int32))), ValueError),
+    ('Data values outside the bit range',
+     lambda t: _load(_npz(t, images=np.full((4, 8, 8, 1), 40, np.int32),
+                          labels=np.zeros(4, np.int32))), ValueError),
+    ('An .npz holding pickled objects', _object_array_npz, ValueError),
+    ('Missing .npz file', lambda t: _load(tiny_configs.tiny_digits(
+        **{'data.name': 'npz', 'data.path': os.path.join(t, 'nope.npz')})), FileNotFoundError),
+    ('Corrupt image in a folder dataset', _corrupt_folder, ValueError),
+    ('Dataset not prepared and no network (TFDS cifar10)', _missing_cifar10, FileNotFoundError),
+    ('Checkpoint in the workdir from a different model config', _other_checkpoint, ValueError),
+    ('Workdir that cannot be written', _unwritable_workdir, PermissionError),
+]
+
+
+def run_case(index: int, tmp: str) -> str:
+  """Runs CASES[index]; returns its message with `tmp` replaced by <tmp>, one line."""
+  _, trigger, error_type = CASES[index]
+  try:
+    trigger(tmp)
+  except error_type as e:
+    return ' '.join(str(e).replace(str(tmp), '<tmp>').split())
+  raise AssertionError(f'{CASES[index][0]}: no {error_type.__name__} was raised.')
+
+
+def _documented_messages() -> dict[str, str]:
+  rows = {}
+  with open(DOCS_TABLE) as f:
+    for line in f:
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      if len(cells) == 3 and cells[0].isdigit():
+        rows[cells[1]] = cells[2].strip('`').replace('\\|', '|')
+  return rows
+
+
+@pytest.mark.parametrize('index', range(len(CASES)), ids=[c[0] for c in CASES])
+def test_bad_input_gets_the_documented_message(index, tmp_path):
+  message = run_case(index, str(tmp_path))
+  assert len(message) > 30
+  documented = _documented_messages()
+  assert documented.get(CASES[index][0]) == message, (
+      'The message changed: run `python tools/bad_inputs_table.py` to update docs/bad_inputs.md.')
+
+
+def test_docs_table_is_current():
+  assert set(_documented_messages()) == {c[0] for c in CASES}
+  assert len(CASES) >= 15
