@@ -18,6 +18,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bit_diffusion import distributed  # noqa: E402
 from bit_diffusion import evaluate  # noqa: E402
 from bit_diffusion import train  # noqa: E402
 
@@ -30,11 +31,16 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'tokenizer'],
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('coordinator_address', '', 'Multi-process (GPU clusters without SLURM): '
+                    'HOST:PORT of process 0. TPU pods and SLURM are detected without flags.')
+flags.DEFINE_integer('num_processes', 0, 'Multi-process: the number of processes.')
+flags.DEFINE_integer('process_id', -1, 'Multi-process: the index of this process.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # Hide accelerators from TensorFlow, used only for data loading and logging.
   try:
     import tensorflow as tf

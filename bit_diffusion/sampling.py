@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
@@ -56,8 +57,9 @@ def make_sample_fn(graphdef: nnx.GraphDef, diffusion: diffusion_lib.Diffusion, *
   if mesh is None:
     return jax.jit(sample_fn)
   batch_sharding = NamedSharding(mesh, P('data'))
-  return jax.jit(sample_fn, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P()),
-                                           batch_sharding), out_shardings=batch_sharding)
+  # Parameters keep the sharding they come with (replicated, or split for FSDP).
+  return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
+                 out_shardings=batch_sharding)
 
 
 def generate(sample_fn: Callable[..., jax.Array], params: Any, rng: jax.Array,
@@ -72,6 +74,8 @@ def generate(sample_fn: Callable[..., jax.Array], params: Any, rng: jax.Array,
     chunk = labels[start:start + batch_size]
     padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])
     images = sample_fn(params, jax.random.fold_in(rng, start), jnp.asarray(padded, jnp.int32))
+    if jax.process_count() > 1:  # Each process holds only its rows: gather them everywhere.
+      images = multihost_utils.process_allgather(images, tiled=True)
     outputs.append(np.asarray(jax.device_get(images))[:len(chunk)])
   return np.concatenate(outputs, axis=0)
 

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from bit_diffusion import checkpointing
 from bit_diffusion import diffusion as diffusion_lib
+from bit_diffusion import distributed
 from bit_diffusion import input_pipeline
 from bit_diffusion import models
 from bit_diffusion import sampling
@@ -114,7 +115,8 @@ class Trainer:
   Attributes:
     diffusion: the Diffusion of the config.
     graphdef: the network's graph (parameters live in TrainState).
-    mesh: the device mesh; the batch is sharded over 'data', the state is replicated.
+    mesh: the device mesh; the batch is sharded over 'data'; the state is replicated, or
+      sharded over 'data' too with training.param_sharding='fsdp'.
     state_sharding: a pytree of shardings like TrainState.
   """
   SIGNATURE_FIELDS = checkpointing.IMAGE_SIGNATURE_FIELDS
@@ -130,7 +132,8 @@ class Trainer:
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
     self.abstract_state = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
-    self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+    self.state_sharding = distributed.param_shardings(self.abstract_state, self.mesh,
+                                                      config.training.param_sharding)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
                               out_shardings=(self.state_sharding, self.replicated),
                               donate_argnums=0)
@@ -183,19 +186,24 @@ class Trainer:
                       opt_state=self.optimizer.init(params),
                       first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
+  def compute_loss(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array
+                   ) -> tuple[jax.Array, diffusion_lib.LossTerms]:
+    """(mean loss, per-example LossTerms) of a batch: the diffusion loss (Algorithm 1).
+
+    A task hook too: a task with another objective (the captioning AR baseline) overrides it.
+    """
+    bits, labels = self.encode_batch(batch)
+    bits = jax.lax.with_sharding_constraint(bits, self.batch_sharding)
+    terms = self.diffusion.loss_terms(models.make_denoise_fn(self.graphdef, params), bits,
+                                      labels, rng)
+    return jnp.mean(terms.loss), terms
+
   def _train_step(self, state: TrainState, batch: dict[str, jax.Array]
                   ) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on a global batch (see `encode_batch`)."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), state.step)
-    bits, labels = self.encode_batch(batch)
-    bits = jax.lax.with_sharding_constraint(bits, self.batch_sharding)
-
-    def loss_fn(params):
-      terms = self.diffusion.loss_terms(models.make_denoise_fn(self.graphdef, params), bits,
-                                        labels, rng)
-      return jnp.mean(terms.loss), terms
-
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, terms), grads = jax.value_and_grad(self.compute_loss, has_aux=True)(
+        state.params, batch, rng)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -285,7 +293,7 @@ def train_and_evaluate(config, workdir: str, trainer_class: type = Trainer) -> T
     writer.write_hparams(_flat_hparams(config))
     if is_chief:
       logging.info('%s', parameter_overview.get_parameter_overview(
-          nnx.to_pure_dict(jax.device_get(state.params)), include_stats=False))
+          nnx.to_pure_dict(trainer.abstract_state.params), include_stats=False))
   logging.info('Model with %d parameters on %d devices.', trainer.num_params, jax.device_count())
 
   num_steps = config.training.num_steps

@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   """The paper's CIFAR-10 setting (Chen et al. 2023, Sec. 4 and Appendix), unconditional, uint8."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seeds parameters, data order, diffusion noise and samples.
+  config.task = 'image'  # 'image' | 'captioning' (configs/*_captioning*.py); picks the trainer.
 
   config.data = ml_collections.ConfigDict()
   # 'cifar10' | 'imagenet64' (TFDS), 'digits' (scikit-learn, embedded), 'folder', 'npz'.
@@ -74,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.max_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
   config.training.sample_every = 50_000  # Steps between sample grids (0: only at the end).
   config.training.num_grid_samples = 64  # Images in each periodic sample grid.
+  # 'replicated': every device holds the whole train state. 'fsdp': parameters, EMA and optimizer
+  # state are split over the devices (for models that do not fit one device).
+  config.training.param_sharding = 'replicated'
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
   config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.
 
@@ -92,4 +96,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.num_batches = 10  # --mode=eval: batches of the diffusion loss with fixed noise.
   config.eval.batch_size = 0  # 0: training.batch_size.
+  # Sample metrics of --mode=eval (FID, Inception Score, k-NN precision/recall; README "FID").
+  config.eval.num_samples = 50_000  # Samples generated (paper: 50K); 0 skips the sample metrics.
+  # 'inception': the FID Inception-v3 (pool3, 2048 features; the paper's, needs its weights).
+  # 'digits': the features of a small classifier trained once on the embedded digits.
+  config.eval.feature_net = 'inception'
+  # 'train': statistics of the whole training set (paper). 'half': of a fixed half B, the other
+  # half A giving the real-against-real floor (for small datasets).
+  config.eval.reference = 'train'
+  config.eval.reference_stats = ''  # A stored reference .npz ('': computed once into the cache).
+  # Converted FID Inception weights (.npz; tools/convert_inception_weights.py), or the
+  # pytorch-fid .pth (converted when PyTorch is installed). '': CACHE_DIR/pt_inception-*.npz.
+  config.eval.inception_weights = ''
+  # Weights, reference statistics, digits classifier. '': $BIT_DIFFUSION_CACHE, else
+  # ~/.cache/bit_diffusion.
+  config.eval.cache_dir = ''
+  config.eval.download = True  # Download the Inception .pth when missing (fails at once offline).
+  config.eval.feature_batch_size = 100  # Images per feature-network call (over all devices).
+  config.eval.max_real_features = 10_000  # Real feature vectors kept for precision/recall.
+  config.eval.pr_k = 3  # k of the k-NN precision/recall (Kynkaanniemi et al. 2019).
+  config.eval.is_splits = 10  # Inception Score: mean and std over this many splits.
   return config

@@ -1,0 +1,62 @@
+"""One process of a multi-device or multi-process training run, for tests/test_distributed.py.
+
+  python -m tests.distributed_worker --workdir=W --out=OUT.npz [--param_sharding=fsdp]
+      [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
+
+Trains the tiny digits config with train_and_evaluate, then writes the final parameters
+(gathered from all processes), the process and device counts, and the example indices this
+process read at every step, to OUT.npz.
+"""
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from bit_diffusion import distributed  # noqa: E402
+from bit_diffusion import train  # noqa: E402
+from tests import tiny_configs  # noqa: E402
+
+flags.DEFINE_string('workdir', None, 'Training workdir.')
+flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
+flags.DEFINE_string('param_sharding', 'replicated', 'training.param_sharding.')
+flags.DEFINE_string('coordinator_address', '', 'HOST:PORT of process 0.')
+flags.DEFINE_integer('num_processes', 0, 'Number of processes.')
+flags.DEFINE_integer('process_id', -1, 'This process.')
+FLAGS = flags.FLAGS
+
+NUM_STEPS = 3
+OVERRIDES = {'training.num_steps': NUM_STEPS, 'training.checkpoint_every': NUM_STEPS,
+             'training.log_every': 1}
+
+
+def config(param_sharding='replicated'):
+  return tiny_configs.tiny_digits(**OVERRIDES, **{'training.param_sharding': param_sharding})
+
+
+def main(_):
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.pytest_cache', 'jax'))
+  cfg = config(FLAGS.param_sharding)
+  state = train.train_and_evaluate(cfg, FLAGS.workdir)
+  trainer = train.Trainer(cfg)
+  iterator = trainer.create_train_iterator(0)
+  indices = np.stack([iterator.indices_at(step) for step in range(NUM_STEPS)])
+  params = [np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+            for leaf in jax.tree.leaves(state.params)]
+  np.savez(FLAGS.out, indices=indices, process_count=jax.process_count(),
+           device_count=jax.device_count(), **{f'param_{i}': p for i, p in enumerate(params)})
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir', 'out'])
+  app.run(main)

@@ -1,0 +1,94 @@
+"""One code path for 1 device, 8 devices, FSDP and 2 processes: the same training, bit for bit
+up to float reduction order."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bit_diffusion import checkpointing
+from bit_diffusion import train
+from tests import distributed_worker
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_workers(tmp_path, name, num_processes=1, devices_per_process=1, *flags):
+  """Starts the worker processes; returns each one's results (dicts of arrays)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  extra = []
+  if num_processes > 1:
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    extra = [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}']
+  processes, outputs = [], []
+  for i in range(num_processes):
+    out = str(tmp_path / f'{name}_{i}.npz')
+    process_flags = [f'--process_id={i}'] if num_processes > 1 else []
+    log = open(tmp_path / f'{name}_{i}.log', 'w')
+    processes.append(subprocess.Popen(
+        [sys.executable, '-m', 'tests.distributed_worker', f'--workdir={tmp_path / name}',
+         f'--out={out}', *extra, *process_flags, *flags],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    outputs.append(out)
+  for i, process in enumerate(processes):
+    if process.wait(timeout=600) != 0:
+      for p in processes:
+        p.kill()
+      raise AssertionError(open(tmp_path / f'{name}_{i}.log').read()[-4000:])
+  results = []
+  for out in outputs:
+    with np.load(out) as data:
+      results.append({k: data[k] for k in data.files})
+  return results
+
+
+def _params(result):
+  return [result[f'param_{i}'] for i in range(sum(k.startswith('param_') for k in result))]
+
+
+@pytest.fixture(scope='module')
+def single_device(tmp_path_factory):
+  """The reference: the same config trained in this process on one device."""
+  workdir = tmp_path_factory.mktemp('single')
+  state = train.train_and_evaluate(distributed_worker.config(), str(workdir))
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def _assert_close(params_a, params_b):
+  assert len(params_a) == len(params_b)
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def test_eight_devices_and_fsdp_match_one_device(single_device, tmp_path):
+  replicated, = _run_workers(tmp_path, 'replicated', 1, 8)
+  fsdp, = _run_workers(tmp_path, 'fsdp', 1, 8, '--param_sharding=fsdp')
+  assert int(replicated['device_count']) == 8
+  _assert_close(_params(replicated), single_device)
+  _assert_close(_params(fsdp), _params(replicated))
+
+
+def test_two_processes_match_one_process(single_device, tmp_path):
+  first, second = _run_workers(tmp_path, 'two', 2, 1)
+  assert int(first['process_count']) == 2 and int(first['device_count']) == 2
+  for a, b in zip(_params(first), _params(second)):  # Both processes hold the same weights.
+    np.testing.assert_array_equal(a, b)
+  _assert_close(_params(first), single_device)
+  # Each process read its own half of every global batch: disjoint, together the whole batch.
+  for step in range(distributed_worker.NUM_STEPS):
+    a, b = first['indices'][step], second['indices'][step]
+    assert not set(a) & set(b) and len(a) == len(b) == 8
+  # A one-process run restores the checkpoint the two processes wrote.
+  config = distributed_worker.config()
+  manager = checkpointing.create_manager(str(tmp_path / 'two'), 3)
+  state, step = train.Trainer(config).restore(manager)
+  assert step == distributed_worker.NUM_STEPS
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), _params(first)):
+    np.testing.assert_array_equal(np.asarray(a), b)
