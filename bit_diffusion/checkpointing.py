@@ -12,6 +12,7 @@ from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 # The config fields that determine the shapes and meaning of the image model's parameters.
 IMAGE_SIGNATURE_FIELDS = {
@@ -33,24 +34,33 @@ def model_signature(config, fields_by_section: dict[str, tuple[str, ...]]) -> di
   return json.loads(json.dumps(signature))  # Normalise tuples and numpy scalars.
 
 
+def _absolute(path: str) -> str:
+  """Local paths made absolute (Orbax needs that); remote ones (gs://...) as they are."""
+  return path if '://' in path else os.path.abspath(path)
+
+
 def ensure_writable_dir(path: str) -> str:
-  """Creates `path` if needed and checks that files can be written there; returns it absolute."""
-  path = os.path.abspath(path)
+  """Creates `path` if needed and checks that files can be written there; returns it absolute.
+
+  Works for local folders and, through etils.epath, for cloud storage (gs://...), which a
+  multi-host job needs as its shared workdir.
+  """
+  path = _absolute(path)
+  directory = epath.Path(path)
   try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f'.write_test_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f'.write_test_{jax.process_index()}_{os.getpid()}'
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
-    raise PermissionError(f'The workdir {path} is not writable ({e.strerror}); pass a '
+    raise PermissionError(f'The workdir {path} is not writable ({e.strerror or e}); pass a '
                           '--workdir you can write to.') from e
   return path
 
 
 def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints (absolute path, created if missing)."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = epath.Path(_absolute(workdir)) / 'checkpoints'
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(directory, options=options)
 

@@ -5,7 +5,6 @@ jitted function params, rng, labels -> integer images. `write_grid` saves a PNG 
 """
 
 import math
-import os
 from typing import Any
 from typing import Callable
 from typing import Optional
@@ -13,6 +12,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -113,6 +113,8 @@ def display_max(data_config) -> int:
 def write_grid(path: str, images: np.ndarray, max_value: int) -> np.ndarray:
   """Writes the grid of `images` (white = max_value) as a PNG at `path`; returns it uint8."""
   grid = make_grid(images, max_value)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  path = epath.Path(path)  # Local or cloud storage (gs://...).
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as f:
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format='PNG')
   return grid
