@@ -163,6 +163,8 @@ class Trainer:
     if not hasattr(self, '_grid_sample_fn'):
       self._grid_sample_fn = self.make_sample_fn()
     num = self.config.training.num_grid_samples
+    if num <= 0:
+      return
     labels = default_labels(num, self.diffusion.num_classes)
     images = sampling.generate(
         self._grid_sample_fn, state.ema_params,

@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.checkpoint_every = 5_000
   config.training.max_checkpoints = 3  # Checkpoints kept in WORKDIR/checkpoints.
   config.training.sample_every = 50_000  # Steps between sample grids (0: only at the end).
-  config.training.num_grid_samples = 64  # Images in each periodic sample grid.
+  config.training.num_grid_samples = 64  # Images in each periodic sample grid (0: no grids).
   # 'replicated': every device holds the whole train state. 'fsdp': parameters, EMA and optimizer
   # state are split over the devices (for models that do not fit one device).
   config.training.param_sharding = 'replicated'

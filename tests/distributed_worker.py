@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 
 NUM_STEPS = 3
 OVERRIDES = {'training.num_steps': NUM_STEPS, 'training.checkpoint_every': NUM_STEPS,
-             'training.log_every': 1}
+             'training.log_every': 1, 'training.num_grid_samples': 0}
 
 
 def config(param_sharding='replicated'):
