@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval bench lint clean
+.PHONY: install test demo train sample eval bench lint clean tokenizer eval-caption
 
 install: $(STAMP)
 
@@ -33,6 +33,18 @@ sample: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=sample
 
 eval: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+
+# Captioning (README "Image captioning"). Train a SentencePiece model on a config's training
+# captions, written to its tokenizer.path (the embedded shapes config trains its own at start-up).
+tokenizer: CONFIG = configs/coco_captioning.py
+tokenizer: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=tokenizer
+
+# Score a captioner's latest checkpoint: BLEU-4, CIDEr, ROUGE-L, exact match, steps x td sweep.
+eval-caption: CONFIG = configs/shapes_captioning.py
+eval-caption: WORKDIR = runs/shapes_caption
+eval-caption: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
 
 bench: install

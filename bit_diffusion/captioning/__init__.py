@@ -1,0 +1,1 @@
+"""Image captioning with Bit Diffusion (paper Sec. 4.3), and its autoregressive baseline."""

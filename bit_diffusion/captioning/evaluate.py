@@ -1,0 +1,143 @@
+"""Captioning's `sample`, `eval` and `tokenizer` modes, on the latest checkpoint of a workdir.
+
+--mode=sample writes COCO results JSON ([{"image_id": int, "caption": str}, ...]) for the
+held-out images; --mode=eval scores them (BLEU-4, CIDEr, ROUGE-L, exact match; `scoring.py`)
+for every (steps, td) of `eval.sweep_steps` x `eval.sweep_td`, like the paper's Table 4, or
+for `config.sampling` alone when the sweep is empty (and always once for the greedy AR baseline).
+"""
+
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from bit_diffusion import checkpointing
+from bit_diffusion.captioning import data as data_lib
+from bit_diffusion.captioning import scoring
+from bit_diffusion.captioning import tokens as tokens_lib
+from bit_diffusion.captioning import trainer as trainer_lib
+
+
+def restore(config, workdir: str):
+  """(trainer, state, step) of the latest checkpoint in `workdir`."""
+  trainer = trainer_lib.trainer_class(config)(config)
+  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
+  state, step = trainer.restore(manager)
+  return trainer, state, step
+
+
+def caption_source(trainer, params: Any, source, num_images: int, rng: jax.Array,
+                   **overrides) -> tuple[np.ndarray, list[str], list[list[str]]]:
+  """Captions the first `num_images` (0: all) of `source`: (image ids, predictions, references).
+
+  Images are read batch by batch (`sampling.batch_size`), so big held-out sets stream.
+  """
+  caption_fn = trainer.make_caption_fn(**overrides)
+  batch_size = trainer.device_multiple(trainer.config.sampling.batch_size)
+  num = min(num_images or len(source), len(source))
+  image_ids, predictions, references = [], [], []
+  for start in range(0, num, batch_size):
+    batch = source.get(np.arange(start, min(start + batch_size, num)))
+    ids = trainer_lib.generate_ids(caption_fn, params, batch['images'],
+                                   jax.random.fold_in(rng, start), batch_size)
+    image_ids.append(batch['image_ids'])
+    predictions += trainer.tokenizer.ids_to_text(ids)
+    references += batch['captions']
+  return np.concatenate(image_ids), predictions, references
+
+
+def _setting_name(config, steps: int, td: float) -> str:
+  if config.model.kind == 'autoregressive':
+    return 'greedy'
+  return f'{config.sampling.sampler}{steps}_td{td:g}'
+
+
+def sample_from_checkpoint(config, workdir: str) -> str:
+  """Captions `sampling.num_samples` held-out images; writes and returns the results path.
+
+  WORKDIR/captions/results_<step>_<sampler><steps>_td<td>.json ('greedy' for the AR baseline).
+  """
+  workdir = checkpointing.ensure_writable_dir(workdir)
+  trainer, state, step = restore(config, workdir)
+  params = state.ema_params if config.sampling.use_ema else state.params
+  source = data_lib.create_source(trainer.config.data, 'eval')
+  image_ids, predictions, _ = caption_source(trainer, params, source, config.sampling.num_samples,
+                                             jax.random.PRNGKey(config.seed + 2))
+  name = _setting_name(config, config.sampling.steps, config.sampling.td)
+  path = os.path.join(workdir, 'captions', f'results_{step}_{name}.json')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump([{'image_id': int(i), 'caption': c} for i, c in zip(image_ids, predictions)], f,
+                indent=0)
+    logging.info('Wrote %d captions to %s.', len(predictions), path)
+  return path
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
+  """Scores the latest checkpoint on `eval.num_images` held-out images, over the sweep.
+
+  Writes WORKDIR/eval/captions_<step>.json (one entry per setting) and a Markdown table
+  WORKDIR/eval/captions_<step>.md; returns {'step', 'results': [{'setting', 'steps', 'td',
+  'bleu4', 'cider', 'rouge_l', 'exact_match', 'seconds'}, ...]}.
+  """
+  workdir = checkpointing.ensure_writable_dir(workdir)
+  trainer, state, step = restore(config, workdir)
+  params = state.ema_params if config.sampling.use_ema else state.params
+  source = data_lib.create_source(trainer.config.data, 'eval')
+  if config.model.kind == 'autoregressive' or not config.eval.sweep_steps:
+    settings = [(config.sampling.steps, config.sampling.td)]
+  else:
+    settings = list(itertools.product(config.eval.sweep_steps, config.eval.sweep_td or (0.0,)))
+  results = []
+  for steps, td in settings:
+    start = time.time()
+    _, predictions, references = caption_source(
+        trainer, params, source, config.eval.num_images, jax.random.PRNGKey(config.seed + 3),
+        steps=int(steps), td=float(td))
+    scores = scoring.score(predictions, references)
+    row = dict(setting=_setting_name(config, steps, td), steps=int(steps), td=float(td),
+               seconds=round(time.time() - start, 1), **scores)
+    logging.info('Step %d, %s: %s', step, row['setting'], scores)
+    results.append(row)
+  output = {'step': step, 'num_images': len(predictions), 'results': results}
+  if jax.process_index() == 0:
+    base = os.path.join(workdir, 'eval', f'captions_{step}')
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    with open(base + '.json', 'w') as f:
+      json.dump(output, f, indent=2)
+    with open(base + '.md', 'w') as f:
+      f.write(results_table(results))
+    writer = metric_writers.create_default_writer(workdir)
+    writer.write_scalars(step, {f'eval/{results[-1]["setting"]}/{k}': results[-1][k]
+                                for k in ('bleu4', 'cider', 'rouge_l', 'exact_match')})
+    writer.flush()
+    logging.info('Wrote %s.json and .md', base)
+  return output
+
+
+def results_table(results: list[dict]) -> str:
+  """A Markdown table of the sweep: setting, BLEU-4, CIDEr, ROUGE-L, exact match, seconds."""
+  lines = ['| setting | BLEU-4 | CIDEr | ROUGE-L | exact match | seconds |',
+           '| --- | --- | --- | --- | --- | --- |']
+  lines += [f'| {r["setting"]} | {r["bleu4"]:.3f} | {r["cider"]:.3f} | {r["rouge_l"]:.3f} | '
+            f'{r["exact_match"]:.1%} | {r["seconds"]} |' for r in results]
+  return '\n'.join(lines) + '\n'
+
+
+def write_tokenizer(config) -> str:
+  """Trains SentencePiece on the training captions and writes it to `tokenizer.path`."""
+  if not config.tokenizer.path:
+    raise ValueError('Set --config.tokenizer.path=FILE.model to write the tokenizer to.')
+  captions = data_lib.create_source(config.data, 'train').all_captions()
+  tokens_lib.train_tokenizer(captions, config.tokenizer.vocab_size, config.tokenizer.model_type,
+                             config.tokenizer.path)
+  logging.info('Trained a %d-piece %s tokenizer on %d captions: %s', config.tokenizer.vocab_size,
+               config.tokenizer.model_type, len(captions), config.tokenizer.path)
+  return config.tokenizer.path
