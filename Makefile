@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval bench lint clean tokenizer eval-caption
+.PHONY: install test demo train sample eval eval-fid bench lint clean tokenizer eval-caption
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ sample: install
 
 eval: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+
+# Sample metrics only (FID, IS, precision/recall of config.eval.num_samples samples).
+eval-fid: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval --config.eval.num_batches=0
 
 # Captioning (README "Image captioning"). Train a SentencePiece model on a config's training
 # captions, written to its tokenizer.path (the embedded shapes config trains its own at start-up).

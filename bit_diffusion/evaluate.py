@@ -1,12 +1,20 @@
-"""The `sample` and `eval` modes: generate from, and score, the latest checkpoint in a workdir."""
+"""The `sample` and `eval` modes: generate from, and score, the latest checkpoint in a workdir.
+
+`--mode=eval` reports the diffusion loss with fixed noise (`eval.num_batches`) and the sample
+metrics of `eval.num_samples` generated images (`sample_metrics`): FID, Inception Score and
+k-NN precision/recall, in the feature space of `eval.feature_net` (see `metrics/features.py`).
+"""
 
 import json
 import os
+import time
 from typing import Any
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 
@@ -15,13 +23,31 @@ from bit_diffusion import input_pipeline
 from bit_diffusion import models
 from bit_diffusion import sampling
 from bit_diffusion import train
+from bit_diffusion.metrics import features as features_lib
+from bit_diffusion.metrics import fid
 
 
-def _restore(config, workdir: str) -> tuple[train.Trainer, train.TrainState, int]:
+def restore_weights(config, workdir: str, use_ema: bool = True
+                    ) -> tuple[train.Trainer, Any, int]:
+  """(trainer, EMA or online params, step) of the latest checkpoint, signature checked.
+
+  Only the weights are read (a partial restore): sampling and scoring need neither the
+  optimizer state nor the other train-state fields, which may differ between versions.
+  """
   trainer = train.Trainer(config)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
-  state, step = trainer.restore(manager)
-  return trainer, state, step
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
+                            '--mode=train and the same --workdir.')
+  checkpointing.check_signature(manager, step, trainer.signature())
+  name = 'ema_params' if use_ema else 'params'
+  abstract = checkpointing.abstract_with_shardings(trainer.abstract_state, trainer.state_sharding)
+  target = {name: getattr(abstract, name)}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  return trainer, restored.state[name], step
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
@@ -33,8 +59,7 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   s = config.sampling
-  trainer, state, step = _restore(config, workdir)
-  params = state.ema_params if s.use_ema else state.params
+  trainer, params, step = restore_weights(config, workdir, s.use_ema)
   labels = train.default_labels(s.num_samples, trainer.diffusion.num_classes, s.labels)
   batch_size = trainer.device_multiple(s.batch_size)
   logging.info('Sampling %d images from step %d: %s, %d steps, td=%s, guidance=%s.',
@@ -52,15 +77,108 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   return path
 
 
+def _format_seconds(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+def sample_metrics(config, trainer: train.Trainer, params: Any,
+                   num_samples: Optional[int] = None, **sampling_overrides) -> dict[str, Any]:
+  """FID, IS and precision/recall of `num_samples` images sampled with `params`.
+
+  The feature network and the reference statistics are prepared first, so missing weights fail
+  before any sampling. Images are generated in batches of `sampling.batch_size` sharded over
+  the trainer's mesh and turned into features at once (only features are kept), with progress
+  and ETA in the log. `sampling_overrides` (sampler, steps, td, guidance, ...) change
+  `config.sampling` for this call. Returns {'fid', 'is', 'is_std', 'precision', 'recall',
+  'num_samples', 'seconds', ...} and, for `eval.reference='half'`, the real-against-real floor
+  as 'fid_floor', 'is_floor', ... with 'floor_count' real images.
+  """
+  ev = config.eval
+  num_samples = num_samples or ev.num_samples
+  net = features_lib.create_feature_net(ev)
+  extractor = features_lib.Extractor(net, trainer.mesh,
+                                     trainer.device_multiple(ev.feature_batch_size))
+  max_value = sampling.display_max(config.data)
+  reference = features_lib.reference_statistics(config, extractor, max_value)
+  sample_fn = trainer.make_sample_fn(**sampling_overrides)
+  settings = dict(sampler=config.sampling.sampler, steps=config.sampling.steps,
+                  td=config.sampling.td, guidance=config.sampling.guidance)
+  settings.update({k: v for k, v in sampling_overrides.items() if k in settings})
+  labels = train.default_labels(num_samples, trainer.diffusion.num_classes)
+  batch_size = trainer.device_multiple(config.sampling.batch_size)
+  rng = jax.random.PRNGKey(config.seed + 4)
+  logging.info('Sample metrics: %d samples (%s), %s; reference %s.', num_samples, settings,
+               net.description, reference['path'])
+  features, logits, start = [], [], time.time()
+  for i in range(0, num_samples, batch_size):
+    images = sampling.generate(sample_fn, params, jax.random.fold_in(rng, i),
+                               labels[i:i + batch_size], batch_size)
+    f, lg = features_lib.extract(extractor, features_lib.to_unit_range(images, max_value))
+    features.append(f)
+    logits.append(lg)
+    done, elapsed = min(i + batch_size, num_samples), time.time() - start
+    logging.info('Sampled %d/%d (%.0f%%), %.1f images/s, elapsed %s, ETA %s.', done,
+                 num_samples, 100 * done / num_samples, done / elapsed,
+                 _format_seconds(elapsed), _format_seconds(elapsed * (num_samples / done - 1)))
+  features, logits = np.concatenate(features), np.concatenate(logits)
+  results = fid.all_metrics(reference['stats'], reference['real_features'], features, logits,
+                            ev.pr_k, ev.is_splits)
+  results.update(num_samples=num_samples, seconds=time.time() - start,
+                 feature_net=ev.feature_net, reference=ev.reference,
+                 reference_count=reference['stats'].count, **settings)
+  if reference['floor']:
+    results.update({f'{k}_floor': v for k, v in reference['floor'].items()})
+    results['floor_count'] = reference['floor_count']
+  return results
+
+
+def format_sample_metrics(results: dict[str, Any]) -> str:
+  """One readable line: FID (floor), IS, precision, recall."""
+  def value(name):
+    floor = results.get(f'{name}_floor')
+    return f'{results[name]:.3f}' + (f' (real-vs-real floor {floor:.3f})' if floor is not None
+                                     else '')
+  return (f'FID {value("fid")}, IS {value("is")}, precision {value("precision")}, '
+          f'recall {value("recall")}; {results["num_samples"]} samples against '
+          f'{results["reference_count"]} real images ({results["feature_net"]} features).')
+
+
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
-  """Scores the latest checkpoint's EMA weights by the diffusion loss on training data.
+  """Scores the latest checkpoint's EMA weights: diffusion loss and sample metrics.
 
   The loss, x0 error and bit error are averaged over `config.eval.num_batches` batches with fixed
-  noise, so numbers are comparable across checkpoints. Writes them to TensorBoard (eval/...) and
-  WORKDIR/eval/metrics_<step>.json; returns the dict.
+  noise, so numbers are comparable across checkpoints (0 batches skips them). With
+  `eval.num_samples` > 0, FID, IS and precision/recall of that many samples follow
+  (`sample_metrics`). Writes the scalars to TensorBoard (eval/...) and everything to
+  WORKDIR/eval/metrics_<step>.json; prints the sample metrics; returns the dict.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
-  trainer, state, step = _restore(config, workdir)
+  trainer, ema_params, step = restore_weights(config, workdir)
+  results = {}
+  if config.eval.num_batches:
+    results.update(_diffusion_loss(config, trainer, ema_params))
+  if config.eval.num_samples:
+    metrics = sample_metrics(config, trainer, ema_params)
+    results.update({f'eval/{k}': v for k, v in metrics.items()})
+    if jax.process_index() == 0:
+      print(f'Step {step}: ' + format_sample_metrics(metrics), flush=True)
+  results['step'] = step
+  if jax.process_index() == 0:
+    writer = metric_writers.create_default_writer(workdir)
+    writer.write_scalars(step, {k: v for k, v in results.items()
+                                if k != 'step' and isinstance(v, float)})
+    writer.flush()
+    path = os.path.join(workdir, 'eval', f'metrics_{step}.json')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(results, f, indent=2)
+    logging.info('Eval at step %d: %s (written to %s).', step, results, path)
+  return results
+
+
+def _diffusion_loss(config, trainer: train.Trainer, params: Any) -> dict[str, float]:
+  """eval/loss, eval/x0_mse, eval/bit_error over `eval.num_batches` fixed-noise batches."""
   batch_size = config.eval.batch_size or config.training.batch_size
   data_iter, _ = input_pipeline.create_train_iterator(
       config.data, global_batch_size=batch_size, seed=config.seed + 3)
@@ -77,21 +195,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   totals = []
   try:
     for i in range(config.eval.num_batches):
-      terms = eval_step(state.ema_params, trainer.global_batch(next(data_iter)),
+      terms = eval_step(params, trainer.global_batch(next(data_iter)),
                         jax.random.PRNGKey(10_000 + i))
       totals.append(jax.device_get(terms))
   finally:
     data_iter.close()
-  results = {f'eval/{name}': float(np.mean([getattr(t, name) for t in totals]))
-             for name in ('loss', 'x0_mse', 'bit_error')}
-  results['step'] = step
-  if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(workdir)
-    writer.write_scalars(step, {k: v for k, v in results.items() if k != 'step'})
-    writer.flush()
-    path = os.path.join(workdir, 'eval', f'metrics_{step}.json')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(results, f, indent=2)
-    logging.info('Eval at step %d: %s (written to %s).', step, results, path)
-  return results
+  return {f'eval/{name}': float(np.mean([getattr(t, name) for t in totals]))
+          for name in ('loss', 'x0_mse', 'bit_error')}

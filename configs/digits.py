@@ -42,4 +42,11 @@ def get_config():
   config.sampling.steps = 100
   config.sampling.num_samples = 100
   config.sampling.batch_size = 100
+
+  # Digits FID in the feature space of a small digits classifier, against half B of the data;
+  # half A (898 real digits) gives the real-against-real floor with as many images.
+  config.eval.num_samples = 898
+  config.eval.feature_net = 'digits'
+  config.eval.reference = 'half'
+  config.eval.feature_batch_size = 1000
   return config
