@@ -13,13 +13,23 @@ Cases (each runs in a fresh subprocess, so peak memory and compile times are per
 
 Training runs on synthetic integer batches (numpy, the data's shape and value range) fed through
 `Trainer.global_batch`, from `Trainer.init_state`. Sampling is DDIM with 100 steps (the config's
-`sampling` section otherwise) on `config.sampling.batch_size` images. Compile seconds are the time
-of `.lower(...).compile()`; the persistent compilation cache is off unless `--warm-cache`. Step
-times are medians over timed steps after warm-up, each ended by `jax.block_until_ready`.
+`sampling` section otherwise) on `config.sampling.batch_size` images. Step times are medians over
+timed steps after warm-up, each ended by `jax.block_until_ready`.
+
+Compile seconds are the time of `.compile()` on the lowered function. Each case's first subprocess
+compiles with JAX's persistent compilation cache on, in a new empty directory (so its compiles are
+cold, `compile_seconds_cold`, and include writing the cache); a second subprocess then only lowers
+and compiles the same functions with that cache populated (`compile_seconds_warm`), as a restarted
+training does (training keeps the cache under its workdir). With `--warm-cache` the first
+subprocess uses `--cache-dir` as it is: `compile_seconds_cold` is then null.
 
 FLOPs come from XLA's cost analysis. XLA counts the body of a while loop once, so the sampler's
 FLOPs are `steps` times those of the lowered one-step sampler (one network evaluation plus the
 negligible noise and decoding).
+
+The hardware ceiling: `matmul_gflops_per_sec` is the median rate of a jitted float32
+`--matmul-size` square matmul (2 n^3 FLOPs) in its own subprocess before the cases, and each timed
+train step and sampler reports `mfu_vs_matmul`, its achieved GFLOP/s over that ceiling.
 
 Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it to PATH.
 """
@@ -48,6 +58,7 @@ if REPO_ROOT not in sys.path:
 CASES = ('digits', 'cifar10_small', 'imagenet64_shape')
 SHAPE_ONLY_CASES = ('imagenet64_shape',)  # Timed only with --full.
 SAMPLER = 'ddim'
+MATMUL_CHILD = 'matmul'  # --child value of the dense-matmul ceiling's subprocess.
 
 
 def _log(message: str) -> None:
@@ -86,6 +97,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                       help='Timed sampling batches after the first call (default 2; --quick 1).')
   parser.add_argument('--imagenet64-batch', type=int, default=2,
                       help='Train and sampling batch of imagenet64_shape.')
+  parser.add_argument('--matmul-size', type=int, default=None,
+                      help='Side of the square float32 matmul of the hardware ceiling (default '
+                      '4096; --tiny 1024; 0 skips it).')
+  parser.add_argument('--matmul-repeats', type=int, default=None,
+                      help='Timed matmuls, after one warm-up (default 7; --quick 3).')
+  parser.add_argument('--no-warm-compile', action='store_true',
+                      help='Skip the second subprocess per case that times warm-cache compiles.')
+  parser.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--override', action='append', default=[],
                       metavar='CASE.SECTION.FIELD=VALUE',
                       help='Change a config field of one case (repeatable), e.g. '
@@ -102,6 +121,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.min_seconds = 0.0 if quick else 10.0
   if args.sample_repeats is None:
     args.sample_repeats = 1 if quick else 2
+  if args.matmul_size is None:
+    args.matmul_size = 1024 if args.tiny else 4096
+  if args.matmul_repeats is None:
+    args.matmul_repeats = 3 if quick else 7
   args.max_steps = max(args.max_steps, args.min_steps)
   cases = [c.strip() for c in args.cases.split(',') if c.strip()]
   unknown = sorted(set(cases) - set(CASES))
@@ -252,6 +275,9 @@ def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any
   del compiled, lowered
   if not timed:
     return result
+  if args.compile_only:  # The warm-cache compile: the same lowering, nothing run.
+    result['_state'] = state
+    return result
 
   def step(state, i):
     state, metrics = trainer.train_step(state, trainer.global_batch(batches[i % len(batches)]))
@@ -305,6 +331,11 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   else:
     labels_arg = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=trainer.batch_sharding)
   rng = jax.random.PRNGKey(config.seed + 1)
+  if args.compile_only and not timed:
+    return result
+  if args.compile_only:
+    _compile_sampler(trainer, params, rng, labels_arg, result)
+    return result
 
   # XLA counts a while loop's body once: FLOPs of one network evaluation from a 1-step sampler.
   one_step = trainer.make_sample_fn(steps=1)
@@ -316,17 +347,7 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   if not timed:
     return result
 
-  sample_fn = trainer.make_sample_fn()
-  _log(f'  sampler: lowering and compiling ({steps} {config.sampling.sampler} steps, '
-       f'batch {batch_size})')
-  start = time.perf_counter()
-  lowered = sample_fn.lower(params, rng, labels_arg)
-  result['lower_seconds'] = time.perf_counter() - start
-  start = time.perf_counter()
-  compiled = lowered.compile()
-  result['compile_seconds'] = time.perf_counter() - start
-  result['xla_memory'] = _memory_analysis(compiled)
-  del compiled, lowered
+  sample_fn = _compile_sampler(trainer, params, rng, labels_arg, result)
 
   def run(i):
     start = time.perf_counter()
@@ -344,6 +365,50 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   _log(f'  sampler: compile {result["compile_seconds"]:.1f} s, {median:.2f} s per batch, '
        f'{batch_size / median:.2f} images/s')
   return result
+
+
+def _compile_sampler(trainer, params, rng, labels_arg, result: dict[str, Any]):
+  """Lowers and compiles the full sampler into `result` (seconds, memory); returns the jitted."""
+  config = trainer.config
+  sample_fn = trainer.make_sample_fn()
+  _log(f'  sampler: lowering and compiling ({config.sampling.steps} {config.sampling.sampler} '
+       f'steps, batch {config.sampling.batch_size})')
+  start = time.perf_counter()
+  lowered = sample_fn.lower(params, rng, labels_arg)
+  result['lower_seconds'] = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  result['compile_seconds'] = time.perf_counter() - start
+  result['xla_memory'] = _memory_analysis(compiled)
+  del compiled, lowered
+  return sample_fn
+
+
+def bench_matmul(size: int, repeats: int) -> dict[str, Any]:
+  """The hardware ceiling: GFLOP/s of a jitted float32 `size` x `size` matmul (2 size^3 FLOPs)."""
+  import jax
+  import jax.numpy as jnp
+
+  jax.config.update('jax_enable_compilation_cache', False)
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in keys)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))  # Compile and warm up.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  flops = 2.0 * size**3
+  devices = jax.devices()
+  _log(f'matmul {size}x{size} float32: {median * 1e3:.1f} ms median, '
+       f'{flops / median / 1e9:.1f} GFLOP/s')
+  return {'size': size, 'dtype': 'float32', 'repeats': repeats, 'flops': flops,
+          'seconds_median': median, 'seconds_min': min(times), 'seconds_all': times,
+          'gflops_per_sec': flops / median / 1e9, 'gflops_per_sec_best': flops / min(times) / 1e9,
+          'device': {'platform': devices[0].platform, 'device_kind': devices[0].device_kind},
+          'load_avg': list(os.getloadavg())}
 
 
 def _config_summary(config) -> dict[str, Any]:
@@ -372,7 +437,7 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax
 
-  if args.warm_cache:
+  if args.cache_dir:
     jax.config.update('jax_enable_compilation_cache', True)
     jax.config.update('jax_compilation_cache_dir', args.cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -391,6 +456,7 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
   config = build_config(case, args)
   timed = case not in SHAPE_ONLY_CASES or args.full
   result['timed'] = timed
+  result['compile_only'] = args.compile_only
   result['config'] = _config_summary(config)
   _log(f'{case}: building the trainer')
   trainer = train.Trainer(config)
@@ -445,16 +511,45 @@ def _shorter_path(path: str) -> str:
   return path if relative.startswith('..') else relative
 
 
-def _child_argv(args: argparse.Namespace) -> list[str]:
-  """The options of `args` that a case's subprocess needs."""
+def _child_argv(args: argparse.Namespace, cache_dir: str) -> list[str]:
+  """The options of `args` that a case's subprocess needs; it compiles with `cache_dir`."""
   argv = [f'--sample-steps={args.sample_steps}', f'--warmup-steps={args.warmup_steps}',
           f'--min-steps={args.min_steps}', f'--min-seconds={args.min_seconds}',
           f'--max-steps={args.max_steps}', f'--sample-repeats={args.sample_repeats}',
-          f'--imagenet64-batch={args.imagenet64_batch}', f'--cache-dir={args.cache_dir}']
+          f'--imagenet64-batch={args.imagenet64_batch}', f'--cache-dir={cache_dir}',
+          f'--matmul-size={args.matmul_size}', f'--matmul-repeats={args.matmul_repeats}']
   argv += [f'--{name}' for name in ('quick', 'tiny', 'full') if getattr(args, name)]
-  if args.warm_cache:
-    argv.append('--warm-cache')
   return argv + [f'--override={override}' for override in args.override]
+
+
+def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
+  """One case: a timed subprocess (cold compiles), then a compile-only one (warm cache)."""
+  with tempfile.TemporaryDirectory(prefix='bench_jax_cache_') as fresh_dir:
+    cache_dir = args.cache_dir if args.warm_cache else fresh_dir
+    result = run_case_subprocess(case, _child_argv(args, cache_dir))
+    if 'error' in result or args.no_warm_compile:
+      return result
+    _log(f'case {case}: compiling again with the persistent cache warm')
+    warm = run_case_subprocess(case, _child_argv(args, cache_dir) + ['--compile-only'])
+  result['warm_compile'] = {'subprocess_seconds': warm['subprocess_seconds']}
+  if 'error' in warm:
+    result['warm_compile'].update(error=warm['error'], log_tail=warm['log_tail'])
+    return result
+  for section in ('train', 'sampling'):
+    if 'compile_seconds' not in result[section]:
+      continue
+    result[section]['compile_seconds_cold'] = (None if args.warm_cache else
+                                               result[section]['compile_seconds'])
+    result[section]['compile_seconds_warm'] = warm[section].get('compile_seconds')
+  return result
+
+
+def _add_mfu(case_result: dict[str, Any], matmul_gflops: Optional[float]) -> None:
+  """Adds `mfu_vs_matmul` (achieved GFLOP/s over the matmul's) to the timed sections."""
+  for section in ('train', 'sampling'):
+    achieved = case_result.get(section, {}).get('gflops_per_sec')
+    if achieved and matmul_gflops:
+      case_result[section]['mfu_vs_matmul'] = achieved / matmul_gflops
 
 
 def run_case_subprocess(case: str, argv: list[str]) -> dict[str, Any]:
@@ -488,7 +583,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.child:
-    result = run_child(args.child, args)
+    if args.child == MATMUL_CHILD:
+      result = bench_matmul(args.matmul_size, args.matmul_repeats)
+    else:
+      result = run_child(args.child, args)
     with open(args.result_file, 'w') as f:
       json.dump(result, f)
     return 0
@@ -504,14 +602,22 @@ def main(argv: Optional[list[str]] = None) -> int:
       'cpus_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
       'load_avg_start': list(os.getloadavg()),
       'options': {'quick': args.quick, 'tiny': args.tiny, 'full': args.full,
-                  'warm_cache': args.warm_cache, 'sample_steps': args.sample_steps,
+                  'warm_cache': args.warm_cache, 'warm_compile': not args.no_warm_compile,
+                  'matmul_size': args.matmul_size, 'sample_steps': args.sample_steps,
                   'sampler': SAMPLER, 'overrides': args.override},
       'cases': {},
   }
-  child_argv = _child_argv(args)
+  report['matmul'] = None
+  report['matmul_gflops_per_sec'] = None
+  if args.matmul_size > 0:
+    _log(f'the ceiling: a {args.matmul_size}x{args.matmul_size} float32 matmul in a subprocess')
+    matmul = run_case_subprocess(MATMUL_CHILD, _child_argv(args, ''))
+    report['matmul'] = matmul
+    report['matmul_gflops_per_sec'] = matmul.get('gflops_per_sec')
   for case in args.case_list:
     _log(f'case {case}: starting a subprocess')
-    report['cases'][case] = run_case_subprocess(case, child_argv)
+    report['cases'][case] = run_case(case, args)
+    _add_mfu(report['cases'][case], report['matmul_gflops_per_sec'])
   first = next((r for r in report['cases'].values() if 'error' not in r), None)
   if first is not None:
     report['device'] = first['device']
@@ -526,7 +632,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     with open(args.output, 'w') as f:
       f.write(text + '\n')
     _log(f'wrote {args.output}')
-  failed = [case for case, r in report['cases'].items() if 'error' in r]
+  failed = [case for case, r in report['cases'].items()
+            if 'error' in r or 'error' in r.get('warm_compile', {})]
+  if report['matmul'] is not None and 'error' in report['matmul']:
+    failed.append(MATMUL_CHILD)
   if failed:
     _log(f'failed cases: {failed}')
     return 1

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,3 +47,14 @@ def test_quick_tiny_digits_bench_writes_positive_numbers(tmp_path):
       'images_per_sec', 'gflops_per_sec'))
   assert sampling['steps'] == 100 and sampling['sampler'] == 'ddim'
   assert sampling['flops_per_batch'] == 100 * sampling['flops_per_network_eval']
+
+  # The hardware ceiling (a 1024 matmul under --tiny) and utilisation against it.
+  assert report['matmul']['size'] == 1024
+  _assert_positive(report, ('matmul_gflops_per_sec',))
+  assert report['matmul_gflops_per_sec'] == report['matmul']['gflops_per_sec']
+  for section in (case['train'], sampling):
+    _assert_positive(section, ('mfu_vs_matmul', 'compile_seconds_warm'))
+    assert section['mfu_vs_matmul'] == pytest.approx(
+        section['gflops_per_sec'] / report['matmul_gflops_per_sec'])
+    assert section['compile_seconds_cold'] is None  # --warm-cache: the first compile may hit.
+  assert 'error' not in case['warm_compile']
