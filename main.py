@@ -70,10 +70,10 @@ def main(argv):
     raise app.UsageError('--mode=tokenizer is for captioning configs.')
 
 
-def _parse_flags_or_exit(argv: list[str]) -> None:
+def _parse_flags_or_exit(argv: list[str]) -> list[str]:
   """Parses the flags once up front so that a config mistake ends in one clear line."""
   try:
-    FLAGS(argv)
+    return FLAGS(argv)
   except flags.Error as e:
     sys.exit(f'Error on the command line: {e}')
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # From config overrides.
@@ -86,5 +86,6 @@ def _parse_flags_or_exit(argv: list[str]) -> None:
     sys.exit(f'Error in the config: {kind}{" ".join(message.split())}')
 
 if __name__ == '__main__':
-  _parse_flags_or_exit(sys.argv)
-  app.run(main)
+  remaining_argv = _parse_flags_or_exit(sys.argv)
+  # Parsed once: a second parse would define the --config.x.y override flags again and fail.
+  app.run(main, flags_parser=lambda _: remaining_argv)

@@ -83,20 +83,23 @@ def _format_seconds(seconds: float) -> str:
 
 
 def sample_metrics(config, trainer: train.Trainer, params: Any,
-                   num_samples: Optional[int] = None, **sampling_overrides) -> dict[str, Any]:
+                   num_samples: Optional[int] = None,
+                   net: Optional[features_lib.FeatureNet] = None,
+                   **sampling_overrides) -> dict[str, Any]:
   """FID, IS and precision/recall of `num_samples` images sampled with `params`.
 
   The feature network and the reference statistics are prepared first, so missing weights fail
   before any sampling. Images are generated in batches of `sampling.batch_size` sharded over
   the trainer's mesh and turned into features at once (only features are kept), with progress
   and ETA in the log. `sampling_overrides` (sampler, steps, td, guidance, ...) change
-  `config.sampling` for this call. Returns {'fid', 'is', 'is_std', 'precision', 'recall',
+  `config.sampling` for this call; `net` is the feature net (made from `config.eval` when
+  None). Returns {'fid', 'is', 'is_std', 'precision', 'recall',
   'num_samples', 'seconds', ...} and, for `eval.reference='half'`, the real-against-real floor
   as 'fid_floor', 'is_floor', ... with 'floor_count' real images.
   """
   ev = config.eval
   num_samples = num_samples or ev.num_samples
-  net = features_lib.create_feature_net(ev)
+  net = net or features_lib.create_feature_net(ev)
   extractor = features_lib.Extractor(net, trainer.mesh,
                                      trainer.device_multiple(ev.feature_batch_size))
   max_value = sampling.display_max(config.data)
@@ -154,12 +157,14 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   WORKDIR/eval/metrics_<step>.json; prints the sample metrics; returns the dict.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
+  # Missing feature-net weights fail here, before anything is restored or computed.
+  net = features_lib.create_feature_net(config.eval) if config.eval.num_samples else None
   trainer, ema_params, step = restore_weights(config, workdir)
   results = {}
   if config.eval.num_batches:
     results.update(_diffusion_loss(config, trainer, ema_params))
   if config.eval.num_samples:
-    metrics = sample_metrics(config, trainer, ema_params)
+    metrics = sample_metrics(config, trainer, ema_params, net=net)
     results.update({f'eval/{k}': v for k, v in metrics.items()})
     if jax.process_index() == 0:
       print(f'Step {step}: ' + format_sample_metrics(metrics), flush=True)

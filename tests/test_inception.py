@@ -1,6 +1,8 @@
 """The FID Inception-v3 port: architecture, preprocessing and weight loading (random weights)."""
 
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -119,3 +121,17 @@ def test_converted_npz_is_loaded(tmp_path):
   graphdef, state = inception.load_inception(path)
   flat = dict(nnx.to_flat_state(state))
   np.testing.assert_array_equal(np.asarray(flat[('fc', 'bias')][...]), np.zeros(1008))
+
+
+def test_eval_command_without_weights_fails_before_restoring(tmp_path):
+  """`make eval-fid` on CIFAR-10 with no weights: the instructions, no checkpoint touched."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, 'main.py', '--config=configs/cifar10.py', '--mode=eval',
+             f'--workdir={tmp_path}/run', '--config.eval.num_batches=0',
+             f'--config.eval.cache_dir={tmp_path}/cache', '--config.eval.download=False']
+  result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode != 0
+  assert inception.WEIGHTS_URL in result.stderr
+  assert 'tools/convert_inception_weights.py' in result.stderr
+  assert 'No checkpoint' not in result.stderr  # The weights are checked first.
