@@ -25,7 +25,10 @@ subprocess uses `--cache-dir` as it is: `compile_seconds_cold` is then null.
 
 FLOPs come from XLA's cost analysis. XLA counts the body of a while loop once, so the sampler's
 FLOPs are `steps` times those of the lowered one-step sampler (one network evaluation plus the
-negligible noise and decoding).
+negligible noise and decoding). XLA counts every op (elementwise, normalisation, the optimizer,
+...). `conv_dot_flops_*` count only convolutions and matrix products (2 multiply-adds per output
+element and reduced input element, from the traced jaxpr: forward, backward and the
+self-conditioning pass), as PyTorch's FLOP counter does; `conv_dot_gflops_per_sec` is their rate.
 
 The hardware ceiling: `matmul_gflops_per_sec` is the median rate of a jitted float32
 `--matmul-size` square matmul (2 n^3 FLOPs) in its own subprocess before the cases, and each timed
@@ -207,6 +210,51 @@ def _cost_flops(analysis: Any) -> Optional[float]:
   return float(flops) if flops is not None and flops > 0 else None
 
 
+def conv_dot_flops(jaxpr) -> tuple[float, int]:
+  """FLOPs of the convolutions and matrix products in a (closed) jaxpr, and its while loops.
+
+  2 per multiply-add: 2 * output elements * reduced elements per output (the contracting dims of
+  a `dot_general`; the kernel's input features and window of a `conv_general_dilated`). Nested
+  jaxprs (jit, custom_jvp/vjp, remat) count once, `scan` bodies `length` times, the largest
+  `cond` branch, and `while` bodies once (their count is returned, for the caller to scale).
+  """
+  import math
+  total, whiles = 0.0, 0
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    out_elements = sum(math.prod(v.aval.shape) for v in eqn.outvars)
+    if name == 'dot_general':
+      (lhs_contract, _), _ = eqn.params['dimension_numbers']
+      lhs_shape = eqn.invars[0].aval.shape
+      total += 2.0 * out_elements * math.prod(lhs_shape[d] for d in lhs_contract)
+      continue
+    if name == 'conv_general_dilated':
+      rhs_spec = eqn.params['dimension_numbers'].rhs_spec  # (out features, in features, window).
+      rhs_shape = eqn.invars[1].aval.shape
+      total += 2.0 * out_elements * math.prod(rhs_shape[d] for d in rhs_spec[1:])
+      continue
+    if name == 'while':
+      whiles += 1
+    sub_totals = []
+    for key, value in eqn.params.items():
+      values = value if isinstance(value, (list, tuple)) else (value,)
+      for sub in values:
+        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+          flops, sub_whiles = conv_dot_flops(sub)
+          whiles += sub_whiles
+          sub_totals.append((key, flops))
+    if name == 'cond':
+      total += max((f for _, f in sub_totals), default=0.0)
+    elif name == 'scan':
+      total += eqn.params['length'] * sum(f for _, f in sub_totals)
+    elif name == 'while':
+      total += sum(f for key, f in sub_totals if key == 'body_jaxpr')
+    else:
+      total += sum(f for _, f in sub_totals)
+  return total, whiles
+
+
 def _memory_analysis(compiled) -> Optional[dict[str, float]]:
   """XLA's static buffer sizes of a compiled function, in MiB."""
   try:
@@ -261,8 +309,12 @@ def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any
                           {k: trainer.batch_sharding for k in batches[0]})
   _log(f'  train step: lowering and compiling (batch {batch_size})')
   start = time.perf_counter()
-  lowered = trainer.train_step.lower(state_arg, batch_arg)
+  traced = trainer.train_step.trace(state_arg, batch_arg)
+  lowered = traced.lower()
   result['lower_seconds'] = time.perf_counter() - start
+  conv_dot, _ = conv_dot_flops(traced.jaxpr)
+  result['conv_dot_flops_per_step'] = conv_dot
+  del traced
   start = time.perf_counter()
   compiled = lowered.compile()
   result['compile_seconds'] = time.perf_counter() - start
@@ -300,7 +352,8 @@ def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any
       timed_steps=len(times), warmup_steps=args.warmup_steps, step_seconds_median=median,
       step_seconds_min=min(times), step_seconds_max=max(times), steps_per_sec=1.0 / median,
       images_per_sec=batch_size / median,
-      gflops_per_sec=flops / median / 1e9 if flops else None)
+      gflops_per_sec=flops / median / 1e9 if flops else None,
+      conv_dot_gflops_per_sec=conv_dot / median / 1e9)
   _log(f'  train step: {median * 1e3:.1f} ms median over {len(times)} steps, '
        f'{batch_size / median:.1f} images/s')
   result['_state'] = state  # Handed to the sampler (its EMA params), removed before output.
@@ -339,8 +392,14 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
 
   # XLA counts a while loop's body once: FLOPs of one network evaluation from a 1-step sampler.
   one_step = trainer.make_sample_fn(steps=1)
-  per_eval = _cost_flops(one_step.lower(params, rng, labels_arg).cost_analysis())
+  traced = one_step.trace(params, rng, labels_arg)
+  per_eval = _cost_flops(traced.lower().cost_analysis())
   result['flops_per_network_eval'] = per_eval
+  conv_dot, whiles = conv_dot_flops(traced.jaxpr)  # A 1-step fori_loop: a scan of length 1.
+  result['conv_dot_flops_per_network_eval'] = conv_dot
+  result['conv_dot_flops_per_batch'] = conv_dot * steps
+  if whiles:
+    _log(f'  sampler: {whiles} while loop(s) in the jaxpr, each body counted once')
   flops = per_eval * steps if per_eval else None
   result['flops_per_batch'] = flops
   result['flops_per_image'] = flops / batch_size if flops else None
@@ -361,7 +420,8 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   result.update(
       timed_batches=len(times), batch_seconds_median=median, batch_seconds_all=times,
       images_per_sec=batch_size / median,
-      gflops_per_sec=flops / median / 1e9 if flops else None)
+      gflops_per_sec=flops / median / 1e9 if flops else None,
+      conv_dot_gflops_per_sec=conv_dot * steps / median / 1e9)
   _log(f'  sampler: compile {result["compile_seconds"]:.1f} s, {median:.2f} s per batch, '
        f'{batch_size / median:.2f} images/s')
   return result

@@ -58,3 +58,9 @@ def test_quick_tiny_digits_bench_writes_positive_numbers(tmp_path):
         section['gflops_per_sec'] / report['matmul_gflops_per_sec'])
     assert section['compile_seconds_cold'] is None  # --warm-cache: the first compile may hit.
   assert 'error' not in case['warm_compile']
+
+  # Convolution and matmul FLOPs only (from the jaxpr): fewer than XLA's count of every op.
+  _assert_positive(case['train'], ('conv_dot_flops_per_step', 'conv_dot_gflops_per_sec'))
+  assert case['train']['conv_dot_flops_per_step'] < 2 * case['train']['flops_per_step']
+  _assert_positive(sampling, ('conv_dot_flops_per_network_eval', 'conv_dot_gflops_per_sec'))
+  assert sampling['conv_dot_flops_per_batch'] == 100 * sampling['conv_dot_flops_per_network_eval']
