@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval eval-fid bench lint clean tokenizer eval-caption
+.PHONY: install test demo train sample eval eval-fid bench lint clean tokenizer eval-caption bench-peer
 
 install: $(STAMP)
 
@@ -54,8 +54,24 @@ eval-caption: install
 bench: install
 	@$(PY) benchmarks/bench.py
 
+# The PyTorch port (PyPI `bit-diffusion`, lucidrains) beside ours: benchmarks/bench_peer.py.
+# Its own venv: CPU torch 2.13.0 (the local wheel) and the port without its torchvision
+# dependency (PyPI's torchvision does not import beside CPU torch; the port's model needs none).
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP):
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops ema-pytorch accelerate \
+	  tqdm pillow
+	$(PEER_VENV)/bin/python -m pip install --quiet --no-deps bit-diffusion==0.1.4
+	touch $(PEER_STAMP)
+
+bench-peer: install $(PEER_STAMP)
+	@$(PY) benchmarks/bench_peer.py --peer-python=$(PEER_VENV)/bin/python $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check bit_diffusion configs tests benchmarks main.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache

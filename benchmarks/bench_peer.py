@@ -1,0 +1,217 @@
+"""Side by side: the PyTorch port (PyPI `bit-diffusion`) and ours, train step and sampler.
+
+  make bench-peer                       (creates .venv-peer first: CPU torch 2.13.0 and the port)
+  make bench-peer ARGS=--quick          (smoke test: batch 8, 5 sampling steps, few train steps)
+  .venv/bin/python benchmarks/bench_peer.py --peer-python=.venv-peer/bin/python --output=x.json
+
+Both sides: 32x32x3 8-bit images, unconditional, float32, on this machine in one run, at batch 8
+and 32 (`--batch-sizes`); the train step with self-conditioning at rate 0.5 and the 100-step DDIM
+sampler with self-conditioning.
+
+The port (benchmarks/peer_torch.py, run by `--peer-python` in isolated mode): its default
+`Unet(dim=64)` (dim_mults 1, 2, 4, 8; 36.4M parameters) in `BitDiffusion`, Adam; it
+self-conditions a whole batch with probability 0.5 per step.
+
+Ours (benchmarks/bench.py's case cifar10_small, one subprocess per batch size): configs/cifar10.py
+at the same parameter count family, the DDPM CIFAR-10 layout: base_channels 128, channel
+multipliers (1, 2, 2, 2), 2 blocks per stage, attention at 16x16 (35.2M parameters; `--ours`
+changes it); it self-conditions half of every batch (the same expected cost).
+
+FLOPs, the same way on both sides: convolutions and matrix products only, 2 per multiply-add,
+forward, backward and the self-conditioning pass; PyTorch's FlopCounterMode for the port, the
+traced jaxpr for ours (`conv_dot_flops_*` in bench.py's output). XLA's cost analysis (which also
+counts elementwise ops, normalisation and the optimizer) is reported beside ours as
+`xla_gflops_per_sec`. The two networks differ, so FLOPs per image differ: compare achieved
+GFLOP/s (how well each uses the CPU) and images/s (what a user gets) together.
+
+Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any
+from typing import Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO_ROOT, 'benchmarks', 'bench.py')
+PEER = os.path.join(REPO_ROOT, 'benchmarks', 'peer_torch.py')
+CASE = 'cifar10_small'
+# configs/cifar10.py reduced to the port's parameter count family (35.2M against 36.4M).
+OURS = ('model.base_channels=128', 'model.channel_multipliers=(1,2,2,2)',
+        'model.num_res_blocks=2', 'model.attention_resolutions=(16,)',
+        'data.class_conditional=False', 'diffusion.self_condition_rate=0.5')
+
+
+def _log(message: str) -> None:
+  stamp = datetime.datetime.now().strftime('%H:%M:%S')
+  print(f'[bench-peer {stamp}] {message}', file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+  """The command line, with the --quick defaults filled in."""
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+  parser.add_argument('--peer-python', default=os.path.join(REPO_ROOT, '.venv-peer', 'bin',
+                                                            'python'),
+                      help='Python of the venv with torch and bit-diffusion (make bench-peer).')
+  parser.add_argument('--batch-sizes', default=None, help='Comma-separated (default 8,32; '
+                      '--quick 8).')
+  parser.add_argument('--sample-steps', type=int, default=None,
+                      help='Sampling steps (default 100; --quick 5).')
+  parser.add_argument('--quick', action='store_true',
+                      help='Smoke test: batch 8, 5 sampling steps, 2-3 timed train steps.')
+  parser.add_argument('--matmul-size', type=int, default=None,
+                      help='The dense-matmul ceiling, both sides (default 4096; --quick 2048).')
+  parser.add_argument('--ours', action='append', default=[], metavar='SECTION.FIELD=VALUE',
+                      help='Change our config further (repeatable), e.g. model.num_res_blocks=3.')
+  parser.add_argument('--output', default='', help='Also write the JSON to this file.')
+  args = parser.parse_args(argv)
+  if args.batch_sizes is None:
+    args.batch_sizes = '8' if args.quick else '8,32'
+  if args.sample_steps is None:
+    args.sample_steps = 5 if args.quick else 100
+  if args.matmul_size is None:
+    args.matmul_size = 2048 if args.quick else 4096
+  args.batch_list = [int(b) for b in args.batch_sizes.split(',') if b.strip()]
+  return args
+
+
+def _run_json(command: list[str]) -> tuple[Optional[dict[str, Any]], float, str]:
+  """Runs `command` (stderr passed through); its stdout parsed as JSON, seconds, error text."""
+  _log(shlex.join(command))
+  start = time.perf_counter()
+  process = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+  seconds = time.perf_counter() - start
+  if process.returncode:
+    return None, seconds, f'exit code {process.returncode}'
+  try:
+    return json.loads(process.stdout), seconds, ''
+  except json.JSONDecodeError as error:
+    return None, seconds, f'unreadable JSON: {error}'
+
+
+def run_peer(args: argparse.Namespace) -> dict[str, Any]:
+  """The port's measurements from peer_torch.py in the peer venv."""
+  if not os.path.exists(args.peer_python):
+    return {'error': f'{args.peer_python} not found: run `make bench-peer` (it creates '
+                     '.venv-peer), or pass --peer-python.'}
+  command = [args.peer_python, '-I', PEER, f'--batch-sizes={args.batch_sizes}',
+             f'--sample-steps={args.sample_steps}', f'--matmul-size={args.matmul_size}']
+  if args.quick:
+    command += ['--warmup-steps=1', '--min-steps=2', '--min-seconds=0', '--sample-repeats=1']
+  report, seconds, error = _run_json(command)
+  if report is None:
+    return {'error': f'peer_torch.py failed: {error}', 'seconds': seconds}
+  report['seconds'] = seconds
+  return report
+
+
+def run_ours(args: argparse.Namespace, batch_size: int, with_matmul: bool) -> dict[str, Any]:
+  """bench.py's cifar10_small case at `batch_size` with the peer-family overrides."""
+  overrides = list(OURS) + [f'training.batch_size={batch_size}',
+                            f'sampling.batch_size={batch_size}'] + args.ours
+  command = [sys.executable, BENCH, f'--cases={CASE}', f'--sample-steps={args.sample_steps}',
+             '--no-warm-compile', f'--matmul-size={args.matmul_size if with_matmul else 0}']
+  command += [f'--override={CASE}.{o}' for o in overrides]
+  if args.quick:
+    command.append('--quick')
+  report, seconds, error = _run_json(command)
+  if report is None:
+    return {'error': f'bench.py failed: {error}', 'seconds': seconds}
+  report['seconds'] = seconds
+  return report
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+  return a / b if a and b else None
+
+
+def compare(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+  """Achieved GFLOP/s (conv + matmul), images/s and FLOPs per image of both, and ours / port."""
+  out = {}
+  for section in ('train', 'sampling'):
+    mine, theirs = ours[section], peer[section]
+    flops_key = 'conv_dot_flops_per_step' if section == 'train' else 'conv_dot_flops_per_batch'
+    ours_gflops = mine.get('conv_dot_gflops_per_sec')
+    out[section] = {
+        'ours_gflops_per_sec': ours_gflops,
+        'peer_gflops_per_sec': theirs.get('gflops_per_sec'),
+        'gflops_ratio_ours_over_peer': _ratio(ours_gflops, theirs.get('gflops_per_sec')),
+        'ours_images_per_sec': mine.get('images_per_sec'),
+        'peer_images_per_sec': theirs.get('images_per_sec'),
+        'images_ratio_ours_over_peer': _ratio(mine.get('images_per_sec'),
+                                              theirs.get('images_per_sec')),
+        'ours_gflop_per_image': mine[flops_key] / mine['batch_size'] / 1e9,
+        'peer_gflop_per_image': (theirs['flops_per_image'] if section == 'train' else
+                                 theirs['flops_per_batch'] / theirs['batch_size']) / 1e9,
+        'ours_xla_gflops_per_sec': mine.get('gflops_per_sec'),
+    }
+  return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """Runs the port, then ours per batch size; prints the side-by-side JSON."""
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  start = time.perf_counter()
+  report: dict[str, Any] = {
+      'command': shlex.join([sys.executable, sys.argv[0], *argv]),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'hostname': platform.node(),
+      'cpu_count': os.cpu_count(),
+      'load_avg_start': list(os.getloadavg()),
+      'shape': [32, 32, 3], 'num_bits': 8, 'batch_sizes': args.batch_list,
+      'sample_steps': args.sample_steps, 'sampler': 'ddim', 'quick': args.quick,
+      'ours_overrides': list(OURS) + args.ours,
+      'flops_counted': 'convolutions and matrix products, 2 per multiply-add (both sides)',
+  }
+  _log('the PyTorch port')
+  peer = run_peer(args)
+  report['peer'] = peer
+  ours_runs = {}
+  for i, batch_size in enumerate(args.batch_list):
+    _log(f'ours, batch {batch_size}')
+    ours_runs[str(batch_size)] = run_ours(args, batch_size, with_matmul=i == 0)
+  report['ours'] = ours_runs
+
+  first = next(iter(ours_runs.values()), {})
+  report['matmul_gflops_per_sec'] = {
+      'jax': first.get('matmul_gflops_per_sec'),
+      'torch': peer.get('matmul', {}).get('gflops_per_sec')}
+  report['num_params'] = {
+      'ours': next((r['cases'][CASE].get('num_params') for r in ours_runs.values()
+                    if 'cases' in r), None),
+      'peer': peer.get('model', {}).get('num_params')}
+  report['comparison'] = {}
+  failed = ['peer'] if 'error' in peer else []
+  for batch, run in ours_runs.items():
+    case = run.get('cases', {}).get(CASE)
+    if case is None or 'error' in case or 'error' in run:
+      failed.append(f'ours batch {batch}')
+      continue
+    if str(batch) in peer.get('batches', {}):
+      report['comparison'][batch] = compare(case, peer['batches'][str(batch)])
+  report['load_avg_end'] = list(os.getloadavg())
+  report['total_seconds'] = time.perf_counter() - start
+
+  text = json.dumps(report, indent=2)
+  print(text)
+  if args.output:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, 'w') as f:
+      f.write(text + '\n')
+    _log(f'wrote {args.output}')
+  if failed:
+    _log(f'failed: {failed}')
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
