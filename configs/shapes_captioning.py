@@ -1,12 +1,16 @@
 """The embedded captioning default: coloured shapes the project renders itself, no download.
 
 Run:   python main.py --config=configs/shapes_captioning.py --workdir=runs/shapes_caption
-       make eval-caption CONFIG=configs/shapes_captioning.py WORKDIR=runs/shapes_caption
-Data: 7,735 training scenes of one or two shapes (3 shapes x 5 colours x 9 places) at 32x32,
-three phrasings each; 500 held-out scenes are scored (`captioning/scenes.py`). A BPE tokenizer
-of 96 pieces is trained at start-up on the training captions: 7 bits per token, 20 tokens.
-Model: ViT (patch 8, 2 layers, width 128) and a non-causal decoder (3 layers, width 128).
-Hardware, time and result: see README "Image captioning" (measured on 2 CPU cores).
+       make eval-caption      (scores runs/shapes_caption: BLEU-4, CIDEr, ROUGE-L, steps x td)
+Data: 7,735 training scenes of one or two shapes (3 shapes x 5 colours x 9 places) at 48x48,
+three phrasings each; 500 held-out scenes are scored (`bit_diffusion/captioning/scenes.py`). A
+BPE tokenizer of 96 pieces is trained at start-up on the training captions: 7 bits per token,
+20 tokens per caption.
+Model: ViT (patch 16, i.e. one patch per grid cell, 2 layers, width 128) and a non-causal
+decoder (3 layers, width 128); 0.94M parameters.
+Hardware and time: 2 CPU cores shared with other jobs (load average 7-8), 3,000 steps in 18 min
+42 s wall. Expect on the 500 held-out scenes, 20 DDIM steps, td 2: BLEU-4 0.997, CIDEr 5.73,
+ROUGE-L 0.994, 97.8% exact-match captions (README "Image captioning" has the steps x td table).
 """
 
 from configs import coco_captioning

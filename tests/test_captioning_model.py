@@ -94,3 +94,16 @@ def test_load_pretrained_vit(tmp_path, layout):
                                    rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='encoder_width'):
     vit_checkpoint.load_into(nnx.state(wider, nnx.Param), path)
+
+
+def test_paper_config_sizes():
+  """configs/coco_captioning.py: a ViT-B/16 encoder (86M at 384x384) and the 6 x 512 decoder."""
+  from configs import coco_captioning
+  config = coco_captioning.get_config()
+  net = nnx.eval_shape(lambda: model.DiffusionCaptioner(
+      num_bits=15, **model.model_kwargs(config), rngs=nnx.Rngs(0)))  # Nothing allocated.
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  params = nnx.state(net, nnx.Param)
+  assert 85.5e6 < count(params['encoder']) < 86.5e6
+  assert len(net.decoder.blocks) == 6 and net.decoder.pos_embedding.shape == (1, 64, 512)
+  assert net.bits_in.kernel.shape == (30, 512) and net.bits_out.kernel.shape == (512, 15)
