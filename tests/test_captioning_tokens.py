@@ -83,3 +83,9 @@ def test_sampler_with_oracle_denoiser_returns_the_caption(tokenizer, sampler):
   x0, _ = samplers.sample(lambda x, gamma, sc: target, target.shape, jax.random.PRNGKey(0),
                           gamma_fn=schedules.cosine_gamma, steps=5, sampler=sampler, td=2.0)
   assert tokenizer.ids_to_text(np.asarray(codec.decode(x0)[..., 0])) == captions
+
+
+def test_tokenizer_training_is_deterministic():
+  """The shapes config trains its tokenizer at every start-up: ids must not move between runs."""
+  captions = scenes.ShapesSource('test', 16).all_captions()
+  assert tokens.train_tokenizer(captions, 64, 'bpe') == tokens.train_tokenizer(captions, 64, 'bpe')
