@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval eval-fid bench lint clean tokenizer eval-caption bench-peer
+.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption bench-peer
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ eval: install
 # Sample metrics only (FID, IS, precision/recall of config.eval.num_samples samples).
 eval-fid: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval --config.eval.num_batches=0
+
+# The paper's ablations on digits, CPU only (48 min on a busy 2-core machine; resumes after a
+# stop): writes docs/ablations.md.
+ablate: install
+	$(PY) tools/ablate.py --workdir=runs/ablate --output=docs/ablations.md
 
 # Captioning (README "Image captioning"). Train a SentencePiece model on a config's training
 # captions, written to its tokenizer.path (the embedded shapes config trains its own at start-up).
@@ -71,7 +76,7 @@ bench-peer: install $(PEER_STAMP)
 	@$(PY) benchmarks/bench_peer.py --peer-python=$(PEER_VENV)/bin/python $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check bit_diffusion configs tests benchmarks main.py
+	$(VENV)/bin/ruff check bit_diffusion configs tests benchmarks tools main.py
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) .pytest_cache

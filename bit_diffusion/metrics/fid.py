@@ -106,8 +106,12 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
 
 def all_metrics(reference: Statistics, real_features: np.ndarray, features: np.ndarray,
                 logits: np.ndarray, k: int = 3, num_splits: int = 10) -> dict[str, float]:
-  """{'fid', 'is', 'is_std', 'precision', 'recall'} of features [N, D] and logits [N, K]."""
+  """{'fid', 'is', 'is_std', 'precision', 'recall'} of features [N, D] and logits [N, K].
+
+  FID and IS use all N; precision/recall use the first min(N, M) samples against the M
+  `real_features`, so that both sets have the same size, as in Kynkaanniemi et al.
+  """
   is_mean, is_std = inception_score(logits, num_splits)
-  precision, recall = precision_recall(real_features, features, k)
+  precision, recall = precision_recall(real_features, features[:len(real_features)], k)
   return {'fid': frechet_distance(statistics(features), reference), 'is': is_mean,
           'is_std': is_std, 'precision': precision, 'recall': recall}
