@@ -125,8 +125,9 @@ def load_or_train(cache_dir: str = '', num_steps: int = DEFAULT_STEPS
   graphdef, params, accuracy = train(num_steps)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   arrays = _flatten(nnx.to_pure_dict(params))
-  np.savez(path + '.part.npz', __train_accuracy__=np.float64(accuracy), **arrays)
-  os.replace(path + '.part.npz', path)
+  part = f'{path}.{os.getpid()}.part.npz'  # Unique per process; renamed at once.
+  np.savez(part, __train_accuracy__=np.float64(accuracy), **arrays)
+  os.replace(part, path)
   logging.info('Trained the digits classifier in %.1f s (train accuracy %.4f); cached in %s.',
                time.time() - start, accuracy, path)
   return graphdef, params, accuracy

@@ -7,7 +7,8 @@ maximum (16 for digits, 2**num_bits - 1 otherwise); values above it are not clip
 
 `extract` runs a net over images in fixed-size batches sharded over the 'data' axis of a mesh
 (parameters replicated), padding the last batch, so one compiled function serves every batch and
-the features do not depend on how many devices share it.
+the features do not depend on how many devices share it. Stored files are written under a
+process-unique temporary name, then renamed, so processes sharing a cache do not collide.
 
 Reference statistics (mean and covariance of the real data's features, plus up to
 `max_real_features` feature vectors for precision/recall) are computed once per dataset, feature
@@ -85,8 +86,9 @@ class Extractor:
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     self.params = jax.device_put(net.params, replicated)
     self._sharded = sharded
+    # Outputs replicated: small ([B, D]), and readable by every process of a multi-host job.
     self._fn = jax.jit(net.apply, in_shardings=(replicated, sharded),
-                       out_shardings=(sharded, sharded))
+                       out_shardings=(replicated, replicated))
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """images float [n <= batch_size, H, W, C] -> (features [n, D], logits [n, K]) numpy."""
@@ -179,9 +181,10 @@ def reference_statistics(config, extractor: Extractor, max_value: int,
   keep = np.random.default_rng(1).permutation(len(features))[:ev.max_real_features]
   real_features = features[np.sort(keep)]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path + '.part.npz', mu=stats.mu, sigma=stats.sigma, count=stats.count,
+  part = f'{path}.{os.getpid()}.part.npz'  # Unique per process; renamed at once.
+  np.savez(part, mu=stats.mu, sigma=stats.sigma, count=stats.count,
            real_features=real_features, floor_json=json.dumps(floor), floor_count=floor_count)
-  os.replace(path + '.part.npz', path)
+  os.replace(part, path)
   logging.info('Reference statistics of %d images in %.0f s, stored in %s.', stats.count,
                time.time() - start, path)
   return {'stats': stats, 'real_features': real_features, 'floor': floor or None,

@@ -368,8 +368,9 @@ def resolve_weights(path: str = '', cache_dir: str = '', download: bool = True) 
       raise FileNotFoundError(f'Cannot download the Inception weights: {reason}.\n' +
                               _instructions(npz_path, pth_path))
     os.makedirs(os.path.dirname(os.path.abspath(pth_path)), exist_ok=True)
-    urllib.request.urlretrieve(WEIGHTS_URL, pth_path + '.part')
-    os.replace(pth_path + '.part', pth_path)
+    part = f'{pth_path}.{os.getpid()}.part'
+    urllib.request.urlretrieve(WEIGHTS_URL, part)
+    os.replace(part, pth_path)
   try:
     import torch  # noqa: F401
   except ImportError:
@@ -385,8 +386,9 @@ def convert_pth(pth_path: str, npz_path: str) -> None:
   state_dict = torch.load(pth_path, map_location='cpu', weights_only=True)
   arrays = {key: value.numpy() for key, value in state_dict.items()}
   os.makedirs(os.path.dirname(os.path.abspath(npz_path)), exist_ok=True)
-  np.savez(npz_path + '.part.npz', **arrays)
-  os.replace(npz_path + '.part.npz', npz_path)
+  part = f'{npz_path}.{os.getpid()}.part.npz'  # Unique per process; renamed at once.
+  np.savez(part, **arrays)
+  os.replace(part, npz_path)
 
 
 def load_inception(weights_path: Optional[str]) -> tuple[nnx.GraphDef, nnx.State]:
