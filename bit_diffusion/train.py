@@ -35,6 +35,9 @@ from bit_diffusion import input_pipeline
 from bit_diffusion import models
 from bit_diffusion import sampling
 
+# Raised whenever TrainState gains or loses a field (2: first_nonfinite_step added).
+TRAIN_STATE_FORMAT = 2
+
 
 @struct.dataclass
 class TrainState:
@@ -176,8 +179,10 @@ class Trainer:
       writer.write_images(step, {'samples': grid[None]})
 
   def signature(self) -> dict[str, Any]:
-    """The config fields a checkpoint of this model depends on (checked on restore)."""
-    return checkpointing.model_signature(self.config, self.SIGNATURE_FIELDS)
+    """The config fields a checkpoint of this model depends on (checked on restore), and the
+    layout version of TrainState, so that checkpoints of an older layout are refused clearly."""
+    return {'train_state_format': TRAIN_STATE_FORMAT,
+            **checkpointing.model_signature(self.config, self.SIGNATURE_FIELDS)}
 
   # Shared machinery.
 

@@ -16,6 +16,9 @@ from bit_diffusion import analog_bits
 from bit_diffusion import input_pipeline
 from bit_diffusion import schedules
 from bit_diffusion import train
+from bit_diffusion.captioning import data as caption_data
+from bit_diffusion.captioning import trainer as caption_trainer
+from configs import shapes_captioning
 from tests import tiny_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +79,21 @@ def _missing_cifar10(tmp):
   _load(config)
 
 
+def _not_a_tokenizer(tmp):
+  path = os.path.join(tmp, 'captions.model')
+  with open(path, 'w') as f:
+    f.write('this is a text file, not a SentencePiece model')
+  config = shapes_captioning.get_config()
+  config.tokenizer.path = path
+  caption_data.create_tokenizer(config)
+
+
+def _too_few_token_bits(tmp):
+  config = shapes_captioning.get_config()
+  config.data.num_bits = 3
+  caption_trainer.CaptionTrainer(config)
+
+
 def _object_array_npz(tmp):
   path = os.path.join(tmp, 'data.npz')
   np.savez(path, images=np.array([object()] * 4, dtype=object))
@@ -121,6 +139,8 @@ CASES = [
     ('Dataset not prepared and no network (TFDS cifar10)', _missing_cifar10, FileNotFoundError),
     ('Checkpoint in the workdir from a different model config', _other_checkpoint, ValueError),
     ('Workdir that cannot be written', _unwritable_workdir, PermissionError),
+    ('Caption tokenizer file that is not a SentencePiece model', _not_a_tokenizer, ValueError),
+    ('Bit width too small for the caption vocabulary', _too_few_token_bits, ValueError),
 ]
 
 
@@ -140,7 +160,7 @@ def _documented_messages() -> dict[str, str]:
     for line in f:
       cells = [c.strip() for c in line.strip().strip('|').split('|')]
       if len(cells) == 3 and cells[0].isdigit():
-        rows[cells[1]] = cells[2].strip('`').replace('\\|', '|')
+        rows[cells[1]] = cells[2].strip('`').strip().replace('\\|', '|')
   return rows
 
 

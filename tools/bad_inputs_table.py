@@ -26,7 +26,9 @@ def main():
   for index, (title, _, _) in enumerate(test_bad_inputs.CASES):
     with tempfile.TemporaryDirectory() as tmp:
       message = test_bad_inputs.run_case(index, tmp)
-    lines.append(f'| {index + 1} | {title} | `{message.replace("|", chr(92) + "|")}` |')
+    cell = message.replace('|', '\\|')
+    cell = f'`` {cell} ``' if '`' in cell else f'`{cell}`'  # Markdown code, backticks inside.
+    lines.append(f'| {index + 1} | {title} | {cell} |')
     print(f'{index + 1}. {title}: {message}', file=sys.stderr)
   with open(test_bad_inputs.DOCS_TABLE, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -63,8 +63,13 @@ class CaptionTokenizer:
     num_bits: analog bits per token, ceil(log2(vocab_size)).
   """
 
-  def __init__(self, model: bytes, max_length: int):
-    self.processor = spm.SentencePieceProcessor(model_proto=model)
+  def __init__(self, model: bytes, max_length: int, source: str = 'The tokenizer'):
+    try:
+      self.processor = spm.SentencePieceProcessor(model_proto=model)
+    except RuntimeError as e:
+      raise ValueError(f'{source} is not a SentencePiece model (it does not parse as one). '
+                       'Point tokenizer.path at a .model file written by SentencePiece, or make '
+                       'one with `make tokenizer`.') from e
     if (self.processor.pad_id(), self.processor.eos_id()) != (PAD_ID, EOS_ID):
       raise ValueError(f'The SentencePiece model must have pad_id={PAD_ID} and eos_id={EOS_ID} '
                        f'(got {self.processor.pad_id()}, {self.processor.eos_id()}); train it '
@@ -81,7 +86,7 @@ class CaptionTokenizer:
       raise FileNotFoundError(f'No SentencePiece model at {path}; make one with `make tokenizer` '
                               'or set tokenizer.path to an existing .model file.')
     with open(path, 'rb') as f:
-      return cls(f.read(), max_length)
+      return cls(f.read(), max_length, source=path)
 
   def text_to_ids(self, captions: Sequence[str]) -> np.ndarray:
     """Captions -> int32 [N, max_length]: pieces, one EOS, then PAD (cut to fit)."""

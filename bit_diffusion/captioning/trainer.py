@@ -44,9 +44,16 @@ CAPTION_SIGNATURE_FIELDS = {
 
 
 def _with_token_bits(config, num_bits: int):
-  """`config` with data.num_bits set to the tokenizer's bits per token (a copy if it changes)."""
+  """`config` with data.num_bits set to the tokenizer's bits per token (a copy if it changes).
+
+  data.num_bits = 0 means "derive it"; any other value must be what the vocabulary needs.
+  """
   if config.data.num_bits == num_bits:
     return config
+  if config.data.num_bits:
+    raise ValueError(f'data.num_bits={config.data.num_bits} does not fit the tokenizer: its '
+                     f'vocabulary needs ceil(log2(vocab)) = {num_bits} bits per token. Set '
+                     '--config.data.num_bits=0 to derive it from the tokenizer.')
   config = config.copy_and_resolve_references()
   config.unlock()
   config.data.num_bits = num_bits
