@@ -3,7 +3,6 @@
 from configs import cifar10
 from configs import digits
 
-
 # configs/digits.py with a 16-channel U-Net, batch 16 and 4-step sampling.
 TINY_DIGITS = {
     'model.base_channels': 16, 'model.num_res_blocks': 1, 'training.batch_size': 16,
