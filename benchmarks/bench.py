@@ -69,6 +69,17 @@ def _log(message: str) -> None:
   print(f'[bench {stamp}] {message}', file=sys.stderr, flush=True)
 
 
+def emit_report(report: dict[str, Any], output: str, log: Any = _log) -> None:
+  """Prints the report as JSON to stdout and, if `output` is set, writes it there too."""
+  text = json.dumps(report, indent=2)
+  print(text)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      f.write(text + '\n')
+    log(f'wrote {output}')
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   """The command line, with the --quick defaults filled in and the cases in `case_list`."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
@@ -685,13 +696,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   report['load_avg_end'] = list(os.getloadavg())
   report['total_seconds'] = time.perf_counter() - start
 
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, 'w') as f:
-      f.write(text + '\n')
-    _log(f'wrote {args.output}')
+  emit_report(report, args.output, _log)
   failed = [case for case, r in report['cases'].items()
             if 'error' in r or 'error' in r.get('warm_compile', {})]
   if report['matmul'] is not None and 'error' in report['matmul']:

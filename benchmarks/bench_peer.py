@@ -42,6 +42,9 @@ from typing import Optional
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO_ROOT, 'benchmarks', 'bench.py')
 PEER = os.path.join(REPO_ROOT, 'benchmarks', 'peer_torch.py')
+sys.path.insert(0, os.path.dirname(BENCH))
+import bench  # noqa: E402  (stdlib-only at import; its cases run in subprocesses)
+
 CASE = 'cifar10_small'
 # configs/cifar10.py reduced to the port's parameter count family (35.2M against 36.4M).
 OURS = ('model.base_channels=128', 'model.channel_multipliers=(1,2,2,2)',
@@ -200,13 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   report['load_avg_end'] = list(os.getloadavg())
   report['total_seconds'] = time.perf_counter() - start
 
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, 'w') as f:
-      f.write(text + '\n')
-    _log(f'wrote {args.output}')
+  bench.emit_report(report, args.output, _log)
   if failed:
     _log(f'failed: {failed}')
     return 1
