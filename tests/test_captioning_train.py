@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from bit_diffusion import train
 from bit_diffusion.captioning import evaluate
 from bit_diffusion.captioning import scoring
 from bit_diffusion.captioning import trainer as trainer_lib
 from configs import shapes_captioning
 from configs import shapes_captioning_ar
+from tests import tiny_configs
 
 
 def tiny(config_module, **overrides):
@@ -42,27 +42,12 @@ def tiny(config_module, **overrides):
   return config
 
 
-def _train_recording_losses(config, workdir):
-  losses, original = [], train.TrainMetrics.compute
-
-  def recording_compute(self):
-    values = original(self)
-    losses.append(float(values['loss']))
-    return values
-  train.TrainMetrics.compute = recording_compute
-  try:
-    state = train.train_and_evaluate(config, workdir,
-                                     trainer_class=trainer_lib.trainer_class(config))
-  finally:
-    train.TrainMetrics.compute = original
-  return state, losses
-
-
 @pytest.fixture(scope='module')
 def diffusion_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('caption_diffusion'))
   config = tiny(shapes_captioning)
-  state, losses = _train_recording_losses(config, workdir)
+  state, losses = tiny_configs.train_recording_losses(
+      config, workdir, trainer_lib.trainer_class(config))
   return config, workdir, state, losses
 
 
@@ -100,7 +85,8 @@ def test_eval_mode_sweeps_steps_and_td(diffusion_run):
 def test_autoregressive_baseline_trains_and_scores(tmp_path):
   config = tiny(shapes_captioning_ar, **{'training.num_steps': 4, 'training.log_every': 2,
                                          'training.checkpoint_every': 4})
-  state, losses = _train_recording_losses(config, str(tmp_path))
+  state, losses = tiny_configs.train_recording_losses(
+      config, str(tmp_path), trainer_lib.trainer_class(config))
   assert int(state.step) == 4 and losses[-1] < losses[0]
   output = evaluate.evaluate_checkpoint(config, str(tmp_path))
   assert [r['setting'] for r in output['results']] == ['greedy']

@@ -79,19 +79,7 @@ def test_loss_falls_on_a_small_dataset(tmp_path):
   config = tiny_configs.tiny_digits(**{
       'training.num_steps': 60, 'training.log_every': 20, 'training.checkpoint_every': 60,
       'optimizer.warmup_steps': 10, 'training.batch_size': 32})
-  losses = []
-  original = train.TrainMetrics.compute
-
-  def recording_compute(self):
-    values = original(self)
-    losses.append(float(values['loss']))
-    return values
-
-  train.TrainMetrics.compute = recording_compute
-  try:
-    train.train_and_evaluate(config, str(tmp_path))
-  finally:
-    train.TrainMetrics.compute = original
+  _, losses = tiny_configs.train_recording_losses(config, str(tmp_path))
   assert len(losses) == 3
   assert losses[-1] < 0.6 * losses[0], losses
 

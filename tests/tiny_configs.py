@@ -1,5 +1,7 @@
-"""Tiny variants of the real configs, shared by the tests so that compiles stay cheap."""
+"""Tiny variants of the real configs, shared by the tests so that compiles stay cheap, and a
+helper that trains one while recording its logged losses."""
 
+from bit_diffusion import train
 from configs import cifar10
 from configs import digits
 
@@ -47,3 +49,19 @@ def tiny_cifar10():
   config.training.compilation_cache = False
   config.sampling.steps = 2
   return config
+
+
+def train_recording_losses(config, workdir, trainer_class=train.Trainer):
+  """Runs train_and_evaluate; returns (final state, the mean loss of every logged interval)."""
+  losses, original = [], train.TrainMetrics.compute
+
+  def recording_compute(self):
+    values = original(self)
+    losses.append(float(values['loss']))
+    return values
+  train.TrainMetrics.compute = recording_compute
+  try:
+    state = train.train_and_evaluate(config, workdir, trainer_class=trainer_class)
+  finally:
+    train.TrainMetrics.compute = original
+  return state, losses
