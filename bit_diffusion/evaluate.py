@@ -20,7 +20,6 @@ from clu import metric_writers
 
 from bit_diffusion import checkpointing
 from bit_diffusion import input_pipeline
-from bit_diffusion import models
 from bit_diffusion import sampling
 from bit_diffusion import train
 from bit_diffusion.metrics import features as features_lib
@@ -187,14 +186,10 @@ def _diffusion_loss(config, trainer: train.Trainer, params: Any) -> dict[str, fl
   batch_size = config.eval.batch_size or config.training.batch_size
   data_iter, _ = input_pipeline.create_train_iterator(
       config.data, global_batch_size=batch_size, seed=config.seed + 3)
-  diffusion = trainer.diffusion
 
   @jax.jit
-  def eval_step(params, batch, rng):
-    bits = diffusion.codec.encode(batch['images'])
-    labels = batch['labels'] if diffusion.num_classes else None
-    terms = diffusion.loss_terms(models.make_denoise_fn(trainer.graphdef, params), bits, labels,
-                                 rng)
+  def eval_step(params, batch, rng):  # The training objective, on fixed noise.
+    _, terms = trainer.compute_loss(params, batch, rng)
     return jax.tree.map(jnp.mean, terms)
 
   totals = []
