@@ -32,7 +32,8 @@ self-conditioning pass), as PyTorch's FLOP counter does; `conv_dot_gflops_per_se
 
 The hardware ceiling: `matmul_gflops_per_sec` is the median rate of a jitted float32
 `--matmul-size` square matmul (2 n^3 FLOPs) in its own subprocess before the cases, and each timed
-train step and sampler reports `mfu_vs_matmul`, its achieved GFLOP/s over that ceiling.
+train step and sampler reports `mfu_vs_matmul` (XLA's FLOPs) and `conv_dot_mfu_vs_matmul`
+(convolutions and matrix products), its achieved GFLOP/s over that ceiling.
 
 Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it to PATH.
 """
@@ -616,11 +617,15 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_mfu(case_result: dict[str, Any], matmul_gflops: Optional[float]) -> None:
-  """Adds `mfu_vs_matmul` (achieved GFLOP/s over the matmul's) to the timed sections."""
+  """Adds the achieved GFLOP/s over the matmul's to the timed sections: `mfu_vs_matmul` (XLA's
+  FLOPs) and `conv_dot_mfu_vs_matmul` (convolutions and matrix products only, as PyTorch counts).
+  """
   for section in ('train', 'sampling'):
-    achieved = case_result.get(section, {}).get('gflops_per_sec')
-    if achieved and matmul_gflops:
-      case_result[section]['mfu_vs_matmul'] = achieved / matmul_gflops
+    for rate, name in (('gflops_per_sec', 'mfu_vs_matmul'),
+                       ('conv_dot_gflops_per_sec', 'conv_dot_mfu_vs_matmul')):
+      achieved = case_result.get(section, {}).get(rate)
+      if achieved and matmul_gflops:
+        case_result[section][name] = achieved / matmul_gflops
 
 
 def run_case_subprocess(case: str, argv: list[str]) -> dict[str, Any]:

@@ -73,8 +73,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                       help='The dense-matmul ceiling, both sides (default 4096; --quick 2048).')
   parser.add_argument('--ours', action='append', default=[], metavar='SECTION.FIELD=VALUE',
                       help='Change our config further (repeatable), e.g. model.num_res_blocks=3.')
+  parser.add_argument('--sample-repeats', type=int, default=None,
+                      help='Timed sampling batches per side after the first (default 2; '
+                      '--quick 1).')
   parser.add_argument('--output', default='', help='Also write the JSON to this file.')
   args = parser.parse_args(argv)
+  if args.sample_repeats is None:
+    args.sample_repeats = 1 if args.quick else 2
   if args.batch_sizes is None:
     args.batch_sizes = '8' if args.quick else '8,32'
   if args.sample_steps is None:
@@ -106,8 +111,9 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
                      '.venv-peer), or pass --peer-python.'}
   command = [args.peer_python, '-I', PEER, f'--batch-sizes={args.batch_sizes}',
              f'--sample-steps={args.sample_steps}', f'--matmul-size={args.matmul_size}']
+  command.append(f'--sample-repeats={args.sample_repeats}')
   if args.quick:
-    command += ['--warmup-steps=1', '--min-steps=2', '--min-seconds=0', '--sample-repeats=1']
+    command += ['--warmup-steps=1', '--min-steps=2', '--min-seconds=0']
   report, seconds, error = _run_json(command)
   if report is None:
     return {'error': f'peer_torch.py failed: {error}', 'seconds': seconds}
@@ -120,7 +126,8 @@ def run_ours(args: argparse.Namespace, batch_size: int, with_matmul: bool) -> di
   overrides = list(OURS) + [f'training.batch_size={batch_size}',
                             f'sampling.batch_size={batch_size}'] + args.ours
   command = [sys.executable, BENCH, f'--cases={CASE}', f'--sample-steps={args.sample_steps}',
-             '--no-warm-compile', f'--matmul-size={args.matmul_size if with_matmul else 0}']
+             '--no-warm-compile', f'--matmul-size={args.matmul_size if with_matmul else 0}',
+             f'--sample-repeats={args.sample_repeats}']
   command += [f'--override={CASE}.{o}' for o in overrides]
   if args.quick:
     command.append('--quick')
@@ -135,8 +142,10 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
   return a / b if a and b else None
 
 
-def compare(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
-  """Achieved GFLOP/s (conv + matmul), images/s and FLOPs per image of both, and ours / port."""
+def compare(ours: dict[str, Any], peer: dict[str, Any], jax_matmul: Optional[float] = None,
+            torch_matmul: Optional[float] = None) -> dict[str, Any]:
+  """Achieved GFLOP/s (conv + matmul), images/s and FLOPs per image of both, and ours / port;
+  each side's GFLOP/s also as a fraction of its own framework's dense float32 matmul."""
   out = {}
   for section in ('train', 'sampling'):
     mine, theirs = ours[section], peer[section]
@@ -154,6 +163,9 @@ def compare(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
         'peer_gflop_per_image': (theirs['flops_per_image'] if section == 'train' else
                                  theirs['flops_per_batch'] / theirs['batch_size']) / 1e9,
         'ours_xla_gflops_per_sec': mine.get('gflops_per_sec'),
+        'ours_fraction_of_jax_matmul': _ratio(ours_gflops, jax_matmul),
+        'peer_fraction_of_jax_matmul': _ratio(theirs.get('gflops_per_sec'), jax_matmul),
+        'peer_fraction_of_torch_matmul': _ratio(theirs.get('gflops_per_sec'), torch_matmul),
     }
   return out
 
@@ -199,7 +211,9 @@ def main(argv: Optional[list[str]] = None) -> int:
       failed.append(f'ours batch {batch}')
       continue
     if str(batch) in peer.get('batches', {}):
-      report['comparison'][batch] = compare(case, peer['batches'][str(batch)])
+      report['comparison'][batch] = compare(case, peer['batches'][str(batch)],
+                                            report['matmul_gflops_per_sec']['jax'],
+                                            report['matmul_gflops_per_sec']['torch'])
   report['load_avg_end'] = list(os.getloadavg())
   report['total_seconds'] = time.perf_counter() - start
 

@@ -130,8 +130,7 @@ class Diffusion:
     the global batch only, not on how it is sharded, so 1 and 8 devices train identically; any
     shard whose size is a multiple of m gets exactly its share of the extra pass.
     """
-    rate = fractions.Fraction(self.self_condition_rate).limit_denominator(max(1, batch))
-    return rate.numerator, rate.denominator
+    return self_condition_pattern(self.self_condition_rate, batch)
 
   def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, labels: Optional[jnp.ndarray],
                  rng: jax.Array) -> LossTerms:
@@ -198,6 +197,12 @@ class Diffusion:
     x0 = jax.lax.stop_gradient(self.clipped_x0(output, x_t, gamma))
     return LossTerms(loss=loss, x0_mse=reduce((x0 - bits) ** 2),
                      bit_error=reduce(((x0 > 0) != (bits > 0)).astype(jnp.float32)))
+
+
+def self_condition_pattern(rate: float, batch: int) -> tuple[int, int]:
+  """(k, m) with k / m = `rate` as a fraction whose denominator m <= batch (at least 1)."""
+  fraction = fractions.Fraction(rate).limit_denominator(max(1, batch))
+  return fraction.numerator, fraction.denominator
 
 
 def diffusion_from_config(config) -> Diffusion:

@@ -97,6 +97,22 @@ def check_config(config, num_devices: int, process_count: int) -> None:
   if batch % process_count:
     raise ValueError(f'training.batch_size={batch} does not divide over {process_count} '
                      'processes.')
+  microbatch = config.training.microbatch_size
+  if microbatch:
+    if microbatch < 0 or batch % microbatch:
+      raise ValueError(f'training.microbatch_size={microbatch} must divide '
+                       f'training.batch_size={batch} (or be 0: no microbatches).')
+    if microbatch % num_devices:
+      raise ValueError(f'training.microbatch_size={microbatch} does not divide over '
+                       f'{num_devices} devices; use a multiple of {num_devices}.')
+    rate = config.diffusion.self_condition_rate
+    k, m = diffusion_lib.self_condition_pattern(rate, batch)
+    if k and (diffusion_lib.self_condition_pattern(rate, microbatch) != (k, m)
+              or (microbatch // num_devices) % m):
+      raise ValueError(
+          f'training.microbatch_size={microbatch} cannot keep the self-conditioning share '
+          f'{k}/{m} of diffusion.self_condition_rate={rate} on each of {num_devices} devices: '
+          f'use a microbatch of a multiple of {m * num_devices} examples.')
   if config.sampling.guidance and not config.diffusion.label_dropout:
     raise ValueError('sampling.guidance > 0 needs a model trained with diffusion.label_dropout '
                      '> 0 (it learns the unconditional model from dropped labels).')
@@ -209,27 +225,69 @@ class Trainer:
                   ) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on a global batch (see `encode_batch`)."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), state.step)
-    (loss, terms), grads = jax.value_and_grad(self.compute_loss, has_aux=True)(
-        state.params, batch, rng)
+    (loss, terms), grads = self._loss_and_grads(state.params, batch, rng)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params,
-                                          1.0 - self.config.optimizer.ema_decay)
-    # A NaN/Inf step leaves the weights as they were and records the step for the host.
+    # A NaN/Inf step leaves the weights as they were and records the step for the host. The
+    # update runs inside a `lax.cond`, so a finite step (the usual case) costs no extra pass over
+    # the state, unlike a `where` between the new and the old state.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    def apply_update(grads, state):
+      updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema_params = optax.incremental_update(params, state.ema_params,
+                                            1.0 - self.config.optimizer.ema_decay)
+      return params, ema_params, opt_state
+
+    def keep_state(grads, state):
+      del grads
+      return state.params, state.ema_params, state.opt_state
+
+    params, ema_params, opt_state = jax.lax.cond(finite, apply_update, keep_state, grads, state)
     first_nonfinite_step = jnp.where(finite | (state.first_nonfinite_step >= 0),
                                      state.first_nonfinite_step, state.step + 1)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           ema_params=keep(ema_params, state.ema_params),
-                           opt_state=keep(opt_state, state.opt_state),
-                           first_nonfinite_step=first_nonfinite_step)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                           opt_state=opt_state, first_nonfinite_step=first_nonfinite_step)
     step_metrics = TrainMetrics.single_from_model_output(
         loss=terms.loss, x0_mse=terms.x0_mse, bit_error=terms.bit_error, grad_norm=grad_norm,
         param_norm=optax.global_norm(params),
         learning_rate=learning_rate_schedule(self.config.optimizer)(state.step))
     return new_state, step_metrics
+
+  def _loss_and_grads(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array
+                      ) -> tuple[tuple[jax.Array, Any], Any]:
+    """((mean loss, per-example terms), gradients) of a global batch, by microbatches if set.
+
+    With training.microbatch_size = N, microbatch i holds the i-th block of N / D examples of
+    each of the D devices' shards (so every device works on every microbatch), runs
+    `compute_loss` with the key fold_in(rng, i), and the mean of the microbatch gradients is
+    the gradient of the batch mean. The per-example terms come back in microbatch order.
+    """
+    value_and_grad = jax.value_and_grad(self.compute_loss, has_aux=True)
+    microbatch = self.config.training.microbatch_size
+    batch_size = self.config.training.batch_size
+    if not microbatch or microbatch == batch_size:
+      return value_and_grad(params, batch, rng)
+    num_micro = batch_size // microbatch
+    shards = self.mesh.shape['data']
+
+    def split(x):  # [B, ...] -> [num_micro, microbatch, ...], microbatch i from every shard.
+      x = x.reshape(shards, num_micro, microbatch // shards, *x.shape[1:]).swapaxes(0, 1)
+      x = x.reshape(num_micro, microbatch, *x.shape[3:])
+      return jax.lax.with_sharding_constraint(
+          x, NamedSharding(self.mesh, P(None, 'data')))
+
+    micro_batches = jax.tree.map(split, batch)
+    grad_sum, losses, all_terms = None, [], []
+    for index in range(num_micro):  # Unrolled: XLA:CPU runs a scan's backward pass far slower.
+      micro = jax.tree.map(lambda x: x[index], micro_batches)
+      (loss, terms), grads = value_and_grad(params, micro, jax.random.fold_in(rng, index))
+      grad_sum = grads if grad_sum is None else jax.tree.map(jnp.add, grad_sum, grads)
+      losses.append(loss)
+      all_terms.append(terms)
+    grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
+    terms = jax.tree.map(lambda *t: jnp.concatenate(t), *all_terms)
+    return (jnp.mean(jnp.stack(losses)), terms), grads
 
   def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the 'data' axis."""

@@ -67,15 +67,71 @@ def sinusoidal_embedding(x: jax.Array, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(angles[:, 0::2]), jnp.cos(angles[:, 1::2])], axis=-1)
 
 
-def _group_norm(channels: int, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
-  return nnx.GroupNorm(channels, num_groups=num_groups(channels), epsilon=1e-5, dtype=dtype,
-                       rngs=rngs)
+class GroupNorm(nnx.Module):
+  """GroupNorm (Wu & He 2018) with an optional per-example FiLM folded into its affine map.
+
+  The same parameters as `nnx.GroupNorm` (`scale` and `bias`, [channels]), so checkpoints do not
+  depend on which one built them, and the same result to float32 rounding. It is written out
+  because the residual block's `norm(h) * (1 + film_scale) + film_shift` then costs one
+  multiply-add per element: the statistics (one fused pass of E[x] and E[x^2], in float32) and
+  the FiLM fold into a per-example, per-channel scale `a` and offset `b`, and the output is
+  `x * a + b`. On the 2-core CPU this made the train step's elementwise work (GroupNorm, FiLM,
+  SiLU and their gradients) about a quarter cheaper than `nnx.GroupNorm` followed by the FiLM.
+  """
+
+  def __init__(self, channels: int, num_groups: int, epsilon: float, dtype, rngs: nnx.Rngs):
+    del rngs  # Deterministic initialisation: scale 1, bias 0.
+    if channels % num_groups:
+      raise ValueError(f'num_groups={num_groups} does not divide channels={channels}.')
+    self.num_groups = num_groups
+    self.epsilon = epsilon
+    self.dtype = dtype
+    self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+  def __call__(self, x: jax.Array, film_scale: jax.Array | None = None,
+               film_shift: jax.Array | None = None) -> jax.Array:
+    """x: [b, h, w, c]; film_scale, film_shift: [b, c] or None. Returns [b, h, w, c] in dtype.
+
+    Computes GroupNorm(x) * scale + bias, times (1 + film_scale) plus film_shift when given.
+    """
+    b, h, w, c = x.shape
+    g = self.num_groups
+    grouped = x.astype(jnp.float32).reshape(b, h * w, g, c // g)
+    mean = jnp.mean(grouped, axis=(1, 3))  # [b, g]
+    mean_square = jnp.mean(jnp.square(grouped), axis=(1, 3))
+    variance = jnp.maximum(mean_square - jnp.square(mean), 0.0)  # Clipped as nnx.GroupNorm.
+    inverse_std = jax.lax.rsqrt(variance + self.epsilon)
+    scale = jnp.broadcast_to(self.scale[...], (b, c))
+    bias = jnp.broadcast_to(self.bias[...], (b, c))
+    if film_scale is not None:  # (z * scale + bias) * (1 + s) + t, folded into scale and bias.
+      scale = scale * (1.0 + film_scale.astype(jnp.float32))
+      bias = bias * (1.0 + film_scale.astype(jnp.float32)) + film_shift.astype(jnp.float32)
+    a = inverse_std[:, :, None] * scale.reshape(b, g, c // g)  # [b, g, c/g]
+    offset = bias.reshape(b, g, c // g) - mean[:, :, None] * a
+    y = grouped * a[:, None] + offset[:, None]
+    return y.reshape(b, h, w, c).astype(self.dtype)
+
+
+def _group_norm(channels: int, dtype, rngs: nnx.Rngs) -> GroupNorm:
+  return GroupNorm(channels, num_groups(channels), epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, dtype, rngs: nnx.Rngs, *, strides: int = 1,
           kernel_init=_default_init) -> nnx.Conv:
   return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=strides, padding='SAME', dtype=dtype,
                   kernel_init=kernel_init, rngs=rngs)
+
+
+def _pointwise(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+  """A 1x1 `nnx.Conv` applied as a matrix product over the channels: [b, h, w, c] -> [b, h, w, o].
+
+  The same parameters and result as `conv(x)`; XLA's CPU backend runs the matrix product and its
+  gradients faster than a 1x1 convolution (measured: 1.3-1.4x for the residual shortcuts).
+  """
+  kernel = conv.kernel[...]  # [1, 1, c, o]
+  y = jnp.einsum('bhwc,co->bhwo', x.astype(conv.dtype), kernel[0, 0].astype(conv.dtype))
+  return y + conv.bias[...].astype(conv.dtype)
 
 
 def _upsample2x(x: jax.Array) -> jax.Array:
@@ -103,11 +159,11 @@ class ResBlock(nnx.Module):
   def __call__(self, x: jax.Array, emb: jax.Array, dropout_rng=None) -> jax.Array:
     """x: [b, h, w, in_channels]; emb: [b, emb_dim] (after SiLU). Returns [b, h, w, out]."""
     h = self.conv0(nnx.silu(self.norm0(x)))
-    scale, shift = jnp.split(self.emb_proj(emb)[:, None, None, :], 2, axis=-1)
-    h = nnx.silu(self.norm1(h) * (1.0 + scale) + shift)
+    scale, shift = jnp.split(self.emb_proj(emb), 2, axis=-1)  # FiLM: [b, out] each.
+    h = nnx.silu(self.norm1(h, scale, shift))  # = norm1(h) * (1 + scale) + shift.
     h = self.dropout(h, deterministic=dropout_rng is None, rngs=dropout_rng)
     h = self.conv1(h)
-    skip = x if self.shortcut is None else self.shortcut(x)
+    skip = x if self.shortcut is None else _pointwise(self.shortcut, x)
     return (skip + h) * _INV_SQRT2
 
 

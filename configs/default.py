@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'replicated': every device holds the whole train state. 'fsdp': parameters, EMA and optimizer
   # state are split over the devices (for models that do not fit one device).
   config.training.param_sharding = 'replicated'
+  # Gradient accumulation: 0 runs the whole global batch in one pass; N > 0 runs it as
+  # batch_size / N microbatches of N examples (split evenly over the devices) and sums their
+  # gradients before one optimizer step. Less activation memory; on a CPU also faster for large
+  # batches, whose activations spill out of the caches (see README, Speed).
+  config.training.microbatch_size = 0
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
   config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.
 

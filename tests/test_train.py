@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -105,3 +106,49 @@ def test_bad_configs_fail_before_compiling(tmp_path):
   not_a_dir.write_text('')  # Unwritable for root too: a directory cannot be made inside a file.
   with pytest.raises(PermissionError, match='not writable'):
     train.train_and_evaluate(tiny_configs.tiny_digits(), str(not_a_dir / 'run'))
+
+
+def test_microbatch_config_errors():
+  config = lambda **o: tiny_configs.tiny_digits(**o)
+  with pytest.raises(ValueError, match='must divide'):
+    train.check_config(config(**{'training.microbatch_size': 5}), 1, 1)
+  with pytest.raises(ValueError, match='over 4 devices'):
+    train.check_config(config(**{'training.microbatch_size': 2}), 4, 1)
+  with pytest.raises(ValueError, match='self-conditioning share 1/2'):
+    train.check_config(config(**{'training.microbatch_size': 4}), 4, 1)  # 1 example per device.
+  train.check_config(config(**{'training.microbatch_size': 8}), 4, 1)  # 2 per device: fine.
+
+
+class _DeterministicLossTrainer(train.Trainer):
+  """compute_loss without randomness, so that microbatches must reproduce the batch exactly."""
+
+  def compute_loss(self, params, batch, rng):
+    del rng
+    bits, _ = self.encode_batch(batch)
+    denoise = train.models.make_denoise_fn(self.graphdef, params)
+    gamma = jnp.linspace(0.2, 0.8, bits.shape[0])
+    output = denoise(0.7 * bits, gamma, jnp.zeros_like(bits), None, None)
+    per_example = jnp.mean(jnp.square(output - bits).reshape(bits.shape[0], -1), axis=-1)
+    return jnp.mean(per_example), train.diffusion_lib.LossTerms(per_example, per_example,
+                                                                 per_example)
+
+
+def test_microbatches_give_the_batch_gradient():
+  """Gradient accumulation over 4 microbatches = one pass over the batch (float32 rounding)."""
+  config = tiny_configs.tiny_digits(**{'model.attention_resolutions': (),
+                                       'model.channel_multipliers': (1,)})
+  whole = _DeterministicLossTrainer(config)
+  params = whole.init_state(jax.random.PRNGKey(0)).params
+  rng = np.random.default_rng(0)
+  batch = whole.global_batch({
+      'images': rng.integers(0, 17, (16, 8, 8, 1), dtype=np.int32),
+      'labels': rng.integers(0, 10, (16,), dtype=np.int32)})
+  config.training.microbatch_size = 4
+  split = _DeterministicLossTrainer(config)
+  key = jax.random.PRNGKey(1)
+  (loss, terms), grads = jax.jit(whole._loss_and_grads)(params, batch, key)
+  (loss_mb, terms_mb), grads_mb = jax.jit(split._loss_and_grads)(params, batch, key)
+  np.testing.assert_allclose(loss_mb, loss, rtol=1e-5)
+  np.testing.assert_allclose(np.sort(terms_mb.loss), np.sort(terms.loss), rtol=1e-5)
+  for g_mb, g in zip(jax.tree.leaves(grads_mb), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g_mb, g, rtol=1e-4, atol=1e-6)
