@@ -75,8 +75,9 @@ class GroupNorm(nnx.Module):
   because the residual block's `norm(h) * (1 + film_scale) + film_shift` then costs one
   multiply-add per element: the statistics (one fused pass of E[x] and E[x^2], in float32) and
   the FiLM fold into a per-example, per-channel scale `a` and offset `b`, and the output is
-  `x * a + b`. On the 2-core CPU this made the train step's elementwise work (GroupNorm, FiLM,
-  SiLU and their gradients) about a quarter cheaper than `nnx.GroupNorm` followed by the FiLM.
+  `x * a + b`. On the 2-core CPU, GroupNorm + SiLU on [8, 32, 32, 256] took 1.82 ms forward and
+  3.53 ms with its gradient, against 2.29 and 4.89 ms for `nnx.GroupNorm` (measured in
+  isolation; in the whole train step the difference was within run-to-run noise).
   """
 
   def __init__(self, channels: int, num_groups: int, epsilon: float, dtype, rngs: nnx.Rngs):
@@ -127,7 +128,7 @@ def _pointwise(conv: nnx.Conv, x: jax.Array) -> jax.Array:
   """A 1x1 `nnx.Conv` applied as a matrix product over the channels: [b, h, w, c] -> [b, h, w, o].
 
   The same parameters and result as `conv(x)`; XLA's CPU backend runs the matrix product and its
-  gradients faster than a 1x1 convolution (measured: 1.3-1.4x for the residual shortcuts).
+  gradients faster than a 1x1 convolution (1.3-1.4x in isolation at the shortcuts' shapes).
   """
   kernel = conv.kernel[...]  # [1, 1, c, o]
   y = jnp.einsum('bhwc,co->bhwo', x.astype(conv.dtype), kernel[0, 0].astype(conv.dtype))

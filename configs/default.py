@@ -79,9 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   # state are split over the devices (for models that do not fit one device).
   config.training.param_sharding = 'replicated'
   # Gradient accumulation: 0 runs the whole global batch in one pass; N > 0 runs it as
-  # batch_size / N microbatches of N examples (split evenly over the devices) and sums their
+  # batch_size / N microbatches of N examples (split evenly over the devices) and averages their
   # gradients before one optimizer step. Less activation memory; on a CPU also faster for large
-  # batches, whose activations spill out of the caches (see README, Speed).
+  # batches, whose activations spill out of the caches (see README, Benchmarks).
   config.training.microbatch_size = 0
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
   config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.

@@ -217,3 +217,27 @@ def test_labels_without_classes_raise():
   model = nnx.eval_shape(lambda: UNet(**{**TINY, 'num_classes': 0}, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match='num_classes=0'):
     model(jnp.zeros((1, 8, 8, 6)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
+
+
+def test_group_norm_equals_flax_group_norm_then_film():
+  """unet.GroupNorm = nnx.GroupNorm (same parameters) followed by the FiLM, to float32 rounding."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  x = 3.0 * jax.random.normal(keys[0], (4, 8, 8, 64)) + 1.0
+  ours = unet_lib.GroupNorm(64, 16, 1e-5, jnp.float32, nnx.Rngs(0))
+  reference = nnx.GroupNorm(64, num_groups=16, epsilon=1e-5, rngs=nnx.Rngs(0))
+  assert (jax.tree.map(jnp.shape, nnx.state(ours, nnx.Param)) ==
+          jax.tree.map(jnp.shape, nnx.state(reference, nnx.Param)))
+  for module in (ours, reference):
+    module.scale[...] = jax.random.normal(keys[1], (64,))
+    module.bias[...] = jax.random.normal(keys[2], (64,))
+  np.testing.assert_allclose(ours(x), reference(x), atol=1e-5)
+  film_scale, film_shift = (jax.random.normal(k, (4, 64)) for k in keys[3:])
+  expected = reference(x) * (1.0 + film_scale[:, None, None]) + film_shift[:, None, None]
+  np.testing.assert_allclose(ours(x, film_scale, film_shift), expected, atol=1e-5)
+
+
+def test_pointwise_equals_the_1x1_conv():
+  conv = nnx.Conv(24, 16, (1, 1), rngs=nnx.Rngs(0))
+  conv.bias[...] = jax.random.normal(jax.random.PRNGKey(1), (16,))
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 24))
+  np.testing.assert_allclose(unet_lib._pointwise(conv, x), conv(x), atol=1e-5)
