@@ -3,7 +3,8 @@
 Multi-host training is JAX's own: `jax.distributed.initialize` joins the processes into one
 system whose devices form the global `Mesh`; `jax.jit` with shardings does the rest. This module
 decides when to initialise (explicit flags, or a cluster JAX detects: Cloud TPU pod slices, SLURM,
-Open MPI) and, for FSDP, how to shard each parameter.
+Open MPI), for FSDP how to shard each parameter, and how a sharded batch splits into microbatches
+that every device works on.
 """
 
 import os
@@ -11,6 +12,7 @@ from typing import Any
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -92,3 +94,38 @@ def param_shardings(abstract_tree: Any, mesh: Mesh, mode: str) -> Any:
         return NamedSharding(mesh, P(*spec))
     return replicated
   return jax.tree.map(shard, abstract_tree)
+
+
+def microbatch_ranges(batch_size: int, microbatch_size: int, num_shards: int
+                      ) -> list[tuple[int, int]]:
+  """Row ranges [start, stop) within each shard of the microbatches of a sharded batch.
+
+  A batch of `batch_size` rows split evenly over `num_shards` devices is cut into microbatches of
+  `microbatch_size` rows, `microbatch_size / num_shards` from each shard (so every device works
+  on every microbatch); the last one is smaller when they do not divide. 0 = one microbatch.
+  """
+  if batch_size % num_shards:
+    raise ValueError(f'A batch of {batch_size} does not split over {num_shards} shards.')
+  if microbatch_size < 0 or microbatch_size % num_shards:
+    raise ValueError(f'microbatch_size={microbatch_size} must be 0 or a positive multiple of '
+                     f'the {num_shards} devices of the data axis.')
+  rows = batch_size // num_shards
+  step = microbatch_size // num_shards or rows
+  return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def microbatch_rows(x: jax.Array, start: int, stop: int, num_shards: int) -> jax.Array:
+  """Rows [start, stop) of each of the `num_shards` equal blocks of x's leading axis.
+
+  x: [B, ...] -> [num_shards * (stop - start), ...], shard by shard: the part of a microbatch
+  (see `microbatch_ranges`) that each device already holds.
+  """
+  blocks = x.reshape(num_shards, -1, *x.shape[1:])[:, start:stop]
+  return blocks.reshape(-1, *x.shape[1:])
+
+
+def join_microbatch_rows(parts: list[jax.Array], num_shards: int) -> jax.Array:
+  """Inverse of `microbatch_rows` over the ranges of `microbatch_ranges`: [B, ...] again."""
+  blocks = [part.reshape(num_shards, -1, *part.shape[1:]) for part in parts]
+  joined = jnp.concatenate(blocks, axis=1)
+  return joined.reshape(-1, *joined.shape[2:])

@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   # gradients before one optimizer step. Less activation memory; on a CPU also faster for large
   # batches, whose activations spill out of the caches (see README, Benchmarks).
   config.training.microbatch_size = 0
+  # On CPU, YNNPACK also fuses the train step's elementwise ops (5-10% faster; GPU/TPU: no effect).
+  config.training.cpu_fuse_elementwise = True
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
   config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.
 
@@ -95,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.self_condition = True  # Feed the previous x0 estimate (if trained with it).
   config.sampling.num_samples = 64  # For --mode=sample.
   config.sampling.batch_size = 64  # Samples generated per jitted call.
+  # Run each network evaluation on microbatches of this many images in turn (0 = the whole
+  # batch): the same samples; on CPU 4-8 is fastest (README, Benchmarks), and it saves memory.
+  config.sampling.microbatch_size = 0
   config.sampling.labels = ''  # For --mode=sample: '' cycles 0..num_classes-1, or '3,3,7'.
   config.sampling.use_ema = True  # Sample with the EMA weights.
 
