@@ -53,10 +53,10 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: Any, *, microbatch_size: int
   x_t, self_cond: [B, H, W, D]; gamma: [B]; labels: int32 [B] or None. Returns the raw output
   [B, H, W, output_channels] in float32.
 
-  With microbatch_size > 0 the network runs on microbatches of that many rows one after another
+  With microbatch_size > 0 the network runs on microbatches of that many rows in turn
   (`distributed.microbatch_ranges`, over a batch sharded `num_shards` ways) and the outputs are
-  joined again: the same result (every example is computed on its own) in less memory, and on CPU
-  faster, since small batches keep the activations in cache (see the README's benchmarks).
+  joined again: the same result (every example is computed on its own), faster on a CPU, where
+  small batches keep the activations in cache (see the README's benchmarks).
   """
   def denoise_fn(x_t: jnp.ndarray, gamma: jnp.ndarray, self_cond: jnp.ndarray,
                  labels: Optional[jnp.ndarray], dropout_rng: Optional[jax.Array]) -> jnp.ndarray:

@@ -34,7 +34,7 @@ def make_sample_fn(graphdef: nnx.GraphDef, diffusion: diffusion_lib.Diffusion, *
   image_shape: (H, W, C) of the data. Labels are class labels (their count sets the batch; an
   unconditional model ignores them). With a mesh, the batch is sharded over its 'data' axis.
   microbatch_size > 0 runs each network evaluation on microbatches of that many images in turn
-  (`models.make_denoise_fn`): the same samples, faster on CPU, less memory anywhere.
+  (`models.make_denoise_fn`): the same samples, faster on a CPU.
   """
   height, width, channels = image_shape
   num_shards = 1 if mesh is None else mesh.shape['data']

@@ -76,7 +76,7 @@ def train_compiler_options(training_config) -> Optional[dict[str, str]]:
   """XLA compiler options of the jitted train step (None: XLA's defaults).
 
   On CPU with training.cpu_fuse_elementwise, YNNPACK also runs the elementwise fusions
-  (GroupNorm, SiLU, the optimizer): the same results to float32 rounding, a 5-10% faster train
+  (GroupNorm, SiLU, the optimizer): the same results to float32 rounding, a 4-9% faster train
   step on this project's CPU (README, Benchmarks). The sampler keeps the defaults (slower with it).
   """
   if jax.default_backend() != 'cpu' or not training_config.cpu_fuse_elementwise:

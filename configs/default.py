@@ -80,10 +80,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.param_sharding = 'replicated'
   # Gradient accumulation: 0 runs the whole global batch in one pass; N > 0 runs it as
   # batch_size / N microbatches of N examples (split evenly over the devices) and averages their
-  # gradients before one optimizer step. Less activation memory; on a CPU also faster for large
-  # batches, whose activations spill out of the caches (see README, Benchmarks).
+  # gradients before one optimizer step. On a CPU faster for large batches, whose activations
+  # spill out of the caches; XLA:CPU keeps all microbatches' activations, so no memory is saved
+  # there (README, Several devices).
   config.training.microbatch_size = 0
-  # On CPU, YNNPACK also fuses the train step's elementwise ops (5-10% faster; GPU/TPU: no effect).
+  # On CPU, YNNPACK also fuses the train step's elementwise ops (4-9% faster; GPU/TPU: no effect).
   config.training.cpu_fuse_elementwise = True
   config.training.compute_dtype = 'float32'  # 'bfloat16' on accelerators; params stay float32.
   config.training.compilation_cache = True  # JAX's persistent compile cache in WORKDIR/jax_cache.
@@ -98,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.num_samples = 64  # For --mode=sample.
   config.sampling.batch_size = 64  # Samples generated per jitted call.
   # Run each network evaluation on microbatches of this many images in turn (0 = the whole
-  # batch): the same samples; on CPU 4-8 is fastest (README, Benchmarks), and it saves memory.
+  # batch): the same samples; on a CPU 4-8 is fastest (README, Benchmarks).
   config.sampling.microbatch_size = 0
   config.sampling.labels = ''  # For --mode=sample: '' cycles 0..num_classes-1, or '3,3,7'.
   config.sampling.use_ema = True  # Sample with the EMA weights.
