@@ -306,11 +306,10 @@ class Trainer:
       return value_and_grad(params, batch, rng)
     shards = self.mesh.shape['data']
     ranges = distributed.microbatch_ranges(batch_size, microbatch, shards)
-    sharding = NamedSharding(self.mesh, P('data'))
     grad_sum, losses, all_terms = None, [], []
     for index, (start, stop) in enumerate(ranges):  # Unrolled: XLA:CPU runs a scan far slower.
       micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-          distributed.microbatch_rows(x, start, stop, shards), sharding), batch)
+          distributed.microbatch_rows(x, start, stop, shards), self.batch_sharding), batch)
       (loss, terms), grads = value_and_grad(params, micro, jax.random.fold_in(rng, index))
       grad_sum = grads if grad_sum is None else jax.tree.map(jnp.add, grad_sum, grads)
       losses.append(loss)
