@@ -59,6 +59,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+from bit_diffusion import hugepages  # noqa: E402  (stdlib only)
+
 CASES = ('digits', 'cifar10_small', 'imagenet64_shape')
 SHAPE_ONLY_CASES = ('imagenet64_shape',)  # Timed only with --full.
 SAMPLER = 'ddim'
@@ -523,6 +525,7 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
       'device': {'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
                  'device_count': len(devices), 'process_count': jax.process_count()},
       'load_avg_start': list(os.getloadavg()),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'rss_after_import_mib': _rss_mib(),
   }
   config = build_config(case, args)
@@ -677,6 +680,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       'cpu_count': os.cpu_count(),
       'cpus_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
       'load_avg_start': list(os.getloadavg()),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'options': {'quick': args.quick, 'tiny': args.tiny, 'full': args.full,
                   'warm_cache': args.warm_cache, 'warm_compile': not args.no_warm_compile,
                   'matmul_size': args.matmul_size, 'sample_steps': args.sample_steps,
@@ -713,4 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/hugepages.py), inherited
+  # by every subprocess.
+  hugepages.reexec_with_hugepages()
   sys.exit(main())

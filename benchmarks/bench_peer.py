@@ -16,9 +16,13 @@ Ours (benchmarks/bench.py's case cifar10_small, one subprocess per batch size): 
 at the same parameter count family, the DDPM CIFAR-10 layout: base_channels 128, channel
 multipliers (1, 2, 2, 2), 2 blocks per stage, attention at 16x16 (35.2M parameters; `--ours`
 changes it); it self-conditions half of every batch (the same expected cost). With this CPU's
-fastest settings: batch 32 trains as 4 microbatches of 8 (training.microbatch_size) and the
-sampler evaluates the network on 4 images at a time (sampling.microbatch_size); both are
-ordinary config fields that `--ours` can change back to 0.
+fastest settings: the sampler evaluates the network on 4 images at a time
+(sampling.microbatch_size, an ordinary config field that `--ours` can change back to 0); the
+train step runs the whole batch in one pass.
+
+Both sides run with glibc's transparent-huge-page tunable (GLIBC_TUNABLES=glibc.malloc.hugetlb=1,
+see bit_diffusion/hugepages.py): this script restarts itself with it, as main.py does, and its
+subprocesses (ours and the port's) inherit it. BIT_DIFFUSION_HUGEPAGES=0 runs both without.
 
 FLOPs, the same way on both sides: convolutions and matrix products only, 2 per multiply-add,
 forward, backward and the self-conditioning pass; PyTorch's FlopCounterMode for the port, the
@@ -47,13 +51,13 @@ BENCH = os.path.join(REPO_ROOT, 'benchmarks', 'bench.py')
 PEER = os.path.join(REPO_ROOT, 'benchmarks', 'peer_torch.py')
 sys.path.insert(0, os.path.dirname(BENCH))
 import bench  # noqa: E402  (stdlib-only at import; its cases run in subprocesses)
+from bench import hugepages  # noqa: E402
 
 CASE = 'cifar10_small'
 # configs/cifar10.py reduced to the port's parameter count family (35.2M against 36.4M).
 OURS = ('model.base_channels=128', 'model.channel_multipliers=(1,2,2,2)',
         'model.num_res_blocks=2', 'model.attention_resolutions=(16,)',
         'data.class_conditional=False', 'diffusion.self_condition_rate=0.5')
-TRAIN_MICROBATCH = 8
 SAMPLE_MICROBATCH = 4
 
 
@@ -130,11 +134,9 @@ def run_ours(args: argparse.Namespace, batch_size: int, with_matmul: bool) -> di
   """bench.py's cifar10_small case at `batch_size` with the peer-family overrides."""
   overrides = list(OURS) + [f'training.batch_size={batch_size}',
                             f'sampling.batch_size={batch_size}']
-  # The fastest settings on a CPU (README, Benchmarks): batches of more than 8 train as
-  # microbatches of 8, and the sampler runs its network on 4 images at a time.
-  train_microbatch = TRAIN_MICROBATCH if batch_size % TRAIN_MICROBATCH == 0 else 0
-  overrides += [f'training.microbatch_size={train_microbatch}',
-                f'sampling.microbatch_size={SAMPLE_MICROBATCH}'] + args.ours
+  # The fastest setting on a CPU (README, Benchmarks): the sampler runs its network on 4 images
+  # at a time.
+  overrides += [f'sampling.microbatch_size={SAMPLE_MICROBATCH}'] + args.ours
   command = [sys.executable, BENCH, f'--cases={CASE}', f'--sample-steps={args.sample_steps}',
              '--no-warm-compile', f'--matmul-size={args.matmul_size if with_matmul else 0}',
              f'--sample-repeats={args.sample_repeats}']
@@ -191,6 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       'hostname': platform.node(),
       'cpu_count': os.cpu_count(),
       'load_avg_start': list(os.getloadavg()),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'shape': [32, 32, 3], 'num_bits': 8, 'batch_sizes': args.batch_list,
       'sample_steps': args.sample_steps, 'sampler': 'ddim', 'quick': args.quick,
       'ours_overrides': list(OURS) + args.ours,
@@ -235,4 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/hugepages.py), inherited
+  # by every subprocess (ours and the port's alike).
+  hugepages.reexec_with_hugepages()
   sys.exit(main())

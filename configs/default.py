@@ -80,9 +80,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.param_sharding = 'replicated'
   # Gradient accumulation: 0 runs the whole global batch in one pass; N > 0 runs it as
   # batch_size / N microbatches of N examples (split evenly over the devices) and averages their
-  # gradients before one optimizer step. On a CPU faster for large batches, whose activations
-  # spill out of the caches; XLA:CPU keeps all microbatches' activations, so no memory is saved
-  # there (README, Several devices).
+  # gradients before one optimizer step. With transparent huge pages (main.py's default) no
+  # faster on this project's CPU than one pass, and XLA:CPU keeps all microbatches' activations,
+  # so no memory is saved there (README, Several devices and Benchmarks).
   config.training.microbatch_size = 0
   # On CPU, the train step's kernels from YNNPACK (XLA:CPU's kernel library); the convolutions
   # stay with XLA's Eigen kernels (10-15% faster here, README Benchmarks). '' = XLA's defaults
