@@ -35,6 +35,10 @@ The hardware ceiling: `matmul_gflops_per_sec` is the median rate of a jitted flo
 train step and sampler reports `mfu_vs_matmul` (XLA's FLOPs) and `conv_dot_mfu_vs_matmul`
 (convolutions and matrix products), its achieved GFLOP/s over that ceiling.
 
+Run as a script, it restarts itself with glibc's transparent-huge-page tunable, as main.py does
+(bit_diffusion/hugepages.py; BIT_DIFFUSION_HUGEPAGES=0 opts out), and its subprocesses inherit
+it; the report records `glibc_tunables`.
+
 Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it to PATH.
 """
 

@@ -7,7 +7,8 @@ with a fresh `mmap` and unmaps it on `free`, so every step faults it in again, 4
 README "Benchmarks". glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes malloc advise
 the kernel to back its mappings with transparent huge pages (2 MiB), where the kernel allows it
 (/sys/kernel/mm/transparent_hugepage/enabled is `madvise` or `always`): ~900 faults per step
-instead, and the step runs 5-12% faster (measured in README "Benchmarks").
+instead, and train steps ran 10-29% faster there (README "Benchmarks"). Allocation only: the
+results are the same bits.
 
 glibc reads tunables once, when a process starts, so `reexec_with_hugepages` (called first thing
 by main.py) restarts the process with GLIBC_TUNABLES extended. Set BIT_DIFFUSION_HUGEPAGES=0 to
