@@ -10,11 +10,11 @@ Kept short on purpose: the logic lives in `bit_diffusion/`, where it is tested.
 import os
 import sys
 
-from bit_diffusion import hugepages
+from bit_diffusion import cpu
 
 # Restarts once with glibc's transparent-huge-page tunable (faster XLA:CPU steps; see
-# bit_diffusion/hugepages.py; BIT_DIFFUSION_HUGEPAGES=0 opts out). Before anything else runs.
-hugepages.reexec_with_hugepages()
+# bit_diffusion/cpu.py; BIT_DIFFUSION_HUGEPAGES=0 opts out). Before anything else runs.
+cpu.reexec_with_hugepages()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
@@ -25,7 +25,11 @@ from ml_collections import config_flags  # noqa: E402
 
 from bit_diffusion import distributed  # noqa: E402
 from bit_diffusion import evaluate  # noqa: E402
-from bit_diffusion import train  # noqa: E402
+from bit_diffusion import train_loop  # noqa: E402
+from bit_diffusion.captioning import evaluate as caption_evaluate  # noqa: E402
+
+# Each task's sample and eval modes.
+MODES_BY_TASK = {'image': evaluate, 'captioning': caption_evaluate}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
@@ -55,22 +59,18 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   config = FLAGS.config
-  if config.task == 'captioning':
-    from bit_diffusion.captioning import evaluate as task_evaluate
-    from bit_diffusion.captioning import trainer as task_trainer
-    trainer_class = task_trainer.trainer_class(config)
-  elif config.task == 'image':
-    task_evaluate, trainer_class = evaluate, train.Trainer
-  else:
-    raise app.UsageError(f"Unknown config.task {config.task!r}: 'image' or 'captioning'.")
+  if config.task not in MODES_BY_TASK:
+    raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of '
+                         f'{tuple(MODES_BY_TASK)}.')
+  modes = MODES_BY_TASK[config.task]
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir, trainer_class=trainer_class)
+    train_loop.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'sample':
-    task_evaluate.sample_from_checkpoint(config, FLAGS.workdir)
+    modes.sample_from_checkpoint(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
-    task_evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+    modes.evaluate_checkpoint(config, FLAGS.workdir)
   elif config.task == 'captioning':
-    task_evaluate.write_tokenizer(config)
+    caption_evaluate.write_tokenizer(config)
   else:
     raise app.UsageError('--mode=tokenizer is for captioning configs.')
 
@@ -85,10 +85,28 @@ def _parse_flags_or_exit(argv: list[str]) -> list[str]:
     message = str(e.args[0]) if e.args else str(e)
     # ml_collections nests the repr of a KeyError's message: undo its quotes and escapes.
     message = message.replace('\\n', ' ').replace("\\'", "'")
+    while len(message) > 1 and message[0] == message[-1] and message[0] in '"\'':
+      message = message[1:-1]
     if message.startswith("''"):
       message = message[1:-1]
-    kind = 'no such field: ' if isinstance(e, (AttributeError, KeyError)) else ''
-    sys.exit(f'Error in the config: {kind}{" ".join(message.split())}')
+    message = ' '.join(message.split())
+    if isinstance(e, (AttributeError, KeyError)):
+      hint = '' if 'Did you mean' in message else _unknown_field_hint(argv, message)
+      message = f'no such field: {message}{hint}'
+    sys.exit(f'Error in the config: {message}')
+
+
+def _unknown_field_hint(argv: list[str], message: str) -> str:
+  """' (--config.a.b: configs/x.py has no field a.b; ...)' for the override flag that names the
+  unknown field, or '' when no flag does."""
+  config_file = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), 'the config')
+  for arg in argv:
+    if arg.startswith('--config.'):
+      dotted = arg[len('--config.'):].split('=', 1)[0]
+      if dotted.split('.')[-1] == message.split()[0].strip('\'"'):
+        return (f' ({config_file} has no field {dotted}: a config holds only the fields its task '
+                'and method read; see the config file and configs/common.py.)')
+  return ''
 
 if __name__ == '__main__':
   remaining_argv = _parse_flags_or_exit(sys.argv)

@@ -11,10 +11,12 @@ Cases (each runs in a fresh subprocess, so peak memory and compile times are per
                     and XLA FLOPs of one train step, with nothing allocated; `--full` also
                     allocates and times it (for an accelerator).
 
-Training runs on synthetic integer batches (numpy, the data's shape and value range) fed through
-`Trainer.global_batch`, from `Trainer.init_state`. Sampling is DDIM with 100 steps (the config's
-`sampling` section otherwise) on `config.sampling.batch_size` images. Step times are medians over
-timed steps after warm-up, each ended by `jax.block_until_ready`.
+Training runs the engine's train step (bit_diffusion/engine.py, the config's task and method) on
+synthetic integer batches (numpy, the data's shape and value range) fed through
+`Engine.global_batch`, from `Engine.init_state`. Sampling is the method's sampler
+(`method.make_sample_fn`), DDIM with 100 steps (the config's `sampling` section otherwise) on
+`config.sampling.batch_size` images. Step times are medians over timed steps after warm-up,
+each ended by `jax.block_until_ready`.
 
 Compile seconds are the time of `.compile()` on the lowered function. Each case's first subprocess
 compiles with JAX's persistent compilation cache on, in a new empty directory (so its compiles are
@@ -36,14 +38,13 @@ train step and sampler reports `mfu_vs_matmul` (XLA's FLOPs) and `conv_dot_mfu_v
 (convolutions and matrix products), its achieved GFLOP/s over that ceiling.
 
 Run as a script, it restarts itself with glibc's transparent-huge-page tunable, as main.py does
-(bit_diffusion/hugepages.py; BIT_DIFFUSION_HUGEPAGES=0 opts out), and its subprocesses inherit
+(bit_diffusion/cpu.py; BIT_DIFFUSION_HUGEPAGES=0 opts out), and its subprocesses inherit
 it; the report records `glibc_tunables`.
 
 Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it to PATH.
 """
 
 import argparse
-import ast
 import collections
 import datetime
 import json
@@ -63,7 +64,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
-from bit_diffusion import hugepages  # noqa: E402  (stdlib only)
+from bit_diffusion import config_overrides  # noqa: E402  (ml_collections only)
+from bit_diffusion import cpu  # noqa: E402  (imports no jax at module level)
 
 CASES = ('digits', 'cifar10_small', 'imagenet64_shape')
 SHAPE_ONLY_CASES = ('imagenet64_shape',)  # Timed only with --full.
@@ -96,8 +98,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   parser.add_argument('--quick', action='store_true',
                       help='Smoke test: 1 warm-up and 3 timed train steps, one sampling batch.')
   parser.add_argument('--tiny', action='store_true',
-                      help='Shrink every model (one 16-channel stage of 1 block, no attention, '
-                      'batch <= 16); for tests of this script, not for numbers.')
+                      help='Shrink every model (configs/tiny.py tiny_unet: one 16-channel stage '
+                      'of 1 block, no attention; batch <= 16); for tests of this script, not for '
+                      'numbers.')
   parser.add_argument('--full', action='store_true',
                       help='Also allocate and time the shape-only cases (imagenet64_shape).')
   parser.add_argument('--warm-cache', action='store_true',
@@ -129,7 +132,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   parser.add_argument('--override', action='append', default=[],
                       metavar='CASE.SECTION.FIELD=VALUE',
                       help='Change a config field of one case (repeatable), e.g. '
-                      'cifar10_small.training.batch_size=16.')
+                      'cifar10_small.training.batch_size=16 or '
+                      'cifar10_small.cpu.sampler_microbatch_size=4.')
   parser.add_argument('--child', default='', help=argparse.SUPPRESS)
   parser.add_argument('--result-file', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -158,20 +162,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _parse_override(text: str, parser: Optional[argparse.ArgumentParser] = None
-                    ) -> tuple[str, str, str, Any]:
-  """'case.section.field=value' -> (case, section, field, value); value via literal_eval."""
-  key, sep, raw = text.partition('=')
-  parts = key.split('.')
-  if not sep or len(parts) != 3 or parts[0] not in CASES:
+                    ) -> tuple[str, str, Any]:
+  """'case.section.field=value' -> (case, 'section.field', value): the text after the case is
+  read by `config_overrides.parse` (the value a Python literal when it is one, else a string)."""
+  case, _, rest = text.partition('.')
+  try:
+    if case not in CASES:
+      raise ValueError(case)
+    key, value = config_overrides.parse(rest)
+  except ValueError:
     message = f'--override {text!r}: expected CASE.SECTION.FIELD=VALUE with CASE in {CASES}.'
     if parser is not None:
       parser.error(message)
-    raise ValueError(message)
-  try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  return parts[0], parts[1], parts[2], value
+    raise ValueError(message) from None
+  return case, key, value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +188,7 @@ def build_config(case: str, args: argparse.Namespace):
   from configs import cifar10
   from configs import digits
   from configs import imagenet64
+  from configs import tiny
 
   if case == 'digits':
     config = digits.get_config()
@@ -204,18 +209,15 @@ def build_config(case: str, args: argparse.Namespace):
   config.sampling.sampler = SAMPLER
   config.sampling.steps = args.sample_steps
   if args.tiny:
-    config.model.base_channels = 16
-    config.model.channel_multipliers = (1,)
-    config.model.num_res_blocks = 1
-    config.model.attention_resolutions = ()
-    config.model.num_heads = 1
+    config = tiny.tiny_unet(config)
     config.training.batch_size = min(config.training.batch_size, 16)
     config.sampling.batch_size = min(config.sampling.batch_size, 16)
+  overrides = {}
   for override in args.override:
-    override_case, section, field, value = _parse_override(override)
+    override_case, key, value = _parse_override(override)
     if override_case == case:
-      config[section][field] = value
-  return config
+      overrides[key] = value
+  return config_overrides.apply(config, overrides)
 
 
 def _cost_flops(analysis: Any) -> Optional[float]:
@@ -307,27 +309,30 @@ def _synthetic_batches(config, count: int, seed: int = 0) -> list[dict[str, Any]
           for _ in range(count)]
 
 
-def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any]:
-  """Compile (and unless shape-only, time) `trainer.train_step` on synthetic batches."""
+def bench_train(engine, timed: bool, args: argparse.Namespace) -> dict[str, Any]:
+  """Compile (and unless shape-only, time) `engine.train_step` on synthetic batches."""
   import jax
-  config = trainer.config
+
+  from bit_diffusion import engine as engine_lib
+
+  config = engine.config
   batch_size = config.training.batch_size
   result: dict[str, Any] = {'batch_size': batch_size}
   batches = _synthetic_batches(config, 2)
   if timed:
     start = time.perf_counter()
-    state = jax.block_until_ready(trainer.init_state(jax.random.PRNGKey(config.seed)))
+    state = jax.block_until_ready(engine.init_state(engine_lib.seed_key(config.seed, 'init')))
     result['init_seconds'] = time.perf_counter() - start
     state_arg = state
-    batch_arg = trainer.global_batch(batches[0])
+    batch_arg = engine.global_batch(batches[0])
   else:
-    state_arg = _abstract(trainer.abstract_state, trainer.state_sharding)
+    state_arg = _abstract(engine.abstract_state, engine.state_sharding)
     batch_arg = _abstract({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
                            batches[0].items()},
-                          {k: trainer.batch_sharding for k in batches[0]})
+                          {k: engine.batch_sharding for k in batches[0]})
   _log(f'  train step: lowering and compiling (batch {batch_size})')
   start = time.perf_counter()
-  traced = trainer.train_step.trace(state_arg, batch_arg)
+  traced = engine.train_step.trace(state_arg, batch_arg)
   lowered = traced.lower()
   result['lower_seconds'] = time.perf_counter() - start
   conv_dot, _ = conv_dot_flops(traced.jaxpr)
@@ -350,7 +355,7 @@ def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any
     return result
 
   def step(state, i):
-    state, metrics = trainer.train_step(state, trainer.global_batch(batches[i % len(batches)]))
+    state, metrics = engine.train_step(state, engine.global_batch(batches[i % len(batches)]))
     return jax.block_until_ready((state, metrics))[0]
 
   start = time.perf_counter()
@@ -378,38 +383,38 @@ def bench_train(trainer, timed: bool, args: argparse.Namespace) -> dict[str, Any
   return result
 
 
-def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dict[str, Any]:
-  """Compile and time one batch of the jitted sampler (`Trainer.make_sample_fn`)."""
+def bench_sampling(engine, state, timed: bool, args: argparse.Namespace) -> dict[str, Any]:
+  """Compile and time one batch of the method's jitted sampler (`method.make_sample_fn`)."""
   import jax
   import jax.numpy as jnp
 
-  from bit_diffusion import sampling
-  from bit_diffusion import train
+  from bit_diffusion import engine as engine_lib
+  from bit_diffusion import generation
 
-  config = trainer.config
+  config = engine.config
   batch_size = config.sampling.batch_size
   steps = config.sampling.steps
   result: dict[str, Any] = {'sampler': config.sampling.sampler, 'steps': steps,
                             'batch_size': batch_size, 'guidance': config.sampling.guidance}
-  labels = train.default_labels(batch_size, trainer.diffusion.num_classes)
+  labels = engine.method.task.sampling_conditions(batch_size)
   if timed:
     params = state.ema_params
   else:
-    params = _abstract(trainer.abstract_state.ema_params,
-                       trainer.state_sharding.ema_params)
+    params = _abstract(engine.abstract_state.ema_params,
+                       engine.state_sharding.ema_params)
   if timed:
-    labels_arg = jnp.asarray(labels, jnp.int32)  # As `sampling.generate` passes them.
+    labels_arg = jnp.asarray(labels, jnp.int32)  # As `generation.generate` passes them.
   else:
-    labels_arg = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=trainer.batch_sharding)
-  rng = jax.random.PRNGKey(config.seed + 1)
+    labels_arg = jax.ShapeDtypeStruct(labels.shape, jnp.int32, sharding=engine.batch_sharding)
+  rng = engine_lib.seed_key(config.seed, 'sample')
   if args.compile_only and not timed:
     return result
   if args.compile_only:
-    _compile_sampler(trainer, params, rng, labels_arg, result)
+    _compile_sampler(engine, params, rng, labels_arg, result)
     return result
 
   # XLA counts a while loop's body once: FLOPs of one network evaluation from a 1-step sampler.
-  one_step = trainer.make_sample_fn(steps=1)
+  one_step = engine.method.make_sample_fn(engine.graphdef, engine.mesh, steps=1)
   traced = one_step.trace(params, rng, labels_arg)
   per_eval = _cost_flops(traced.lower().cost_analysis())
   result['flops_per_network_eval'] = per_eval
@@ -424,11 +429,12 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   if not timed:
     return result
 
-  sample_fn = _compile_sampler(trainer, params, rng, labels_arg, result)
+  sample_fn = _compile_sampler(engine, params, rng, labels_arg, result)
 
   def run(i):
     start = time.perf_counter()
-    images = sampling.generate(sample_fn, params, jax.random.fold_in(rng, i), labels, batch_size)
+    images = generation.generate(sample_fn, params, jax.random.fold_in(rng, i), labels,
+                                 batch_size)
     assert images.shape[0] == batch_size
     return time.perf_counter() - start
 
@@ -445,10 +451,10 @@ def bench_sampling(trainer, state, timed: bool, args: argparse.Namespace) -> dic
   return result
 
 
-def _compile_sampler(trainer, params, rng, labels_arg, result: dict[str, Any]):
+def _compile_sampler(engine, params, rng, labels_arg, result: dict[str, Any]):
   """Lowers and compiles the full sampler into `result` (seconds, memory); returns the jitted."""
-  config = trainer.config
-  sample_fn = trainer.make_sample_fn()
+  config = engine.config
+  sample_fn = engine.method.make_sample_fn(engine.graphdef, engine.mesh)
   _log(f'  sampler: lowering and compiling ({config.sampling.steps} {config.sampling.sampler} '
        f'steps, batch {config.sampling.batch_size})')
   start = time.perf_counter()
@@ -499,7 +505,7 @@ def _config_summary(config) -> dict[str, Any]:
       'channel_multipliers': list(config.model.channel_multipliers),
       'num_res_blocks': config.model.num_res_blocks,
       'attention_resolutions': list(config.model.attention_resolutions),
-      'num_heads': config.model.num_heads,
+      'head_dim': config.model.head_dim,
       'compute_dtype': config.training.compute_dtype,
   }
 
@@ -521,7 +527,9 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   else:
     jax.config.update('jax_enable_compilation_cache', False)
-  from bit_diffusion import train
+  from bit_diffusion import engine as engine_lib
+  from bit_diffusion import methods
+  from bit_diffusion import tasks
 
   start_all = time.perf_counter()
   devices = jax.devices()
@@ -537,14 +545,16 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
   result['timed'] = timed
   result['compile_only'] = args.compile_only
   result['config'] = _config_summary(config)
-  _log(f'{case}: building the trainer')
-  trainer = train.Trainer(config)
-  result['num_params'] = int(trainer.num_params)
-  _log(f'  {trainer.num_params:,} parameters on {len(devices)} {devices[0].device_kind}')
-  train_result = bench_train(trainer, timed, args)
+  _log(f'{case}: building the engine')
+  method = methods.create(config, tasks.create(config))
+  engine_lib.check_config(config, method, jax.device_count(), jax.process_count())
+  engine = engine_lib.Engine(config, method)
+  result['num_params'] = int(engine.num_params)
+  _log(f'  {engine.num_params:,} parameters on {len(devices)} {devices[0].device_kind}')
+  train_result = bench_train(engine, timed, args)
   state = train_result.pop('_state', None)
   result['train'] = train_result
-  result['sampling'] = bench_sampling(trainer, state, timed, args)
+  result['sampling'] = bench_sampling(engine, state, timed, args)
   del state
   result['peak_rss_mib'] = _rss_mib()
   stats = devices[0].memory_stats()
@@ -721,7 +731,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/hugepages.py), inherited
+  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/cpu.py), inherited
   # by every subprocess.
-  hugepages.reexec_with_hugepages()
+  cpu.reexec_with_hugepages()
   sys.exit(main())

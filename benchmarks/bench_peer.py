@@ -14,14 +14,16 @@ self-conditions a whole batch with probability 0.5 per step.
 
 Ours (benchmarks/bench.py's case cifar10_small, one subprocess per batch size): configs/cifar10.py
 at the same parameter count family, the DDPM CIFAR-10 layout: base_channels 128, channel
-multipliers (1, 2, 2, 2), 2 blocks per stage, attention at 16x16 (35.2M parameters; `--ours`
-changes it); it self-conditions half of every batch (the same expected cost). With this CPU's
-fastest settings: the sampler evaluates the network on 4 images at a time
-(sampling.microbatch_size, an ordinary config field that `--ours` can change back to 0); the
+multipliers (1, 2, 2, 2), 2 blocks per stage, attention at 16x16 with one head over its 256
+channels (35.2M parameters; `--ours` changes it). The one head (model.head_dim=256) is DDPM's
+and that of every earlier run of this benchmark; the config's head_dim of 64 would give 4 heads
+with the same parameters and FLOPs. It self-conditions half of every batch (the same expected
+cost). With this CPU's fastest settings: the sampler evaluates the network on 4 images at a time
+(cpu.sampler_microbatch_size, an ordinary config field that `--ours` can change back to 0); the
 train step runs the whole batch in one pass.
 
 Both sides run with glibc's transparent-huge-page tunable (GLIBC_TUNABLES=glibc.malloc.hugetlb=1,
-see bit_diffusion/hugepages.py): this script restarts itself with it, as main.py does, and its
+see bit_diffusion/cpu.py): this script restarts itself with it, as main.py does, and its
 subprocesses (ours and the port's) inherit it. BIT_DIFFUSION_HUGEPAGES=0 runs both without.
 
 FLOPs, the same way on both sides: convolutions and matrix products only, 2 per multiply-add,
@@ -50,13 +52,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO_ROOT, 'benchmarks', 'bench.py')
 PEER = os.path.join(REPO_ROOT, 'benchmarks', 'peer_torch.py')
 sys.path.insert(0, os.path.dirname(BENCH))
-import bench  # noqa: E402  (stdlib-only at import; its cases run in subprocesses)
-from bench import hugepages  # noqa: E402
+import bench  # noqa: E402  (no jax at import; its cases run in subprocesses)
+from bench import cpu  # noqa: E402
 
 CASE = 'cifar10_small'
 # configs/cifar10.py reduced to the port's parameter count family (35.2M against 36.4M).
 OURS = ('model.base_channels=128', 'model.channel_multipliers=(1,2,2,2)',
         'model.num_res_blocks=2', 'model.attention_resolutions=(16,)',
+        'model.head_dim=256',  # One head over 256 channels at 16x16, as DDPM and earlier runs.
         'data.class_conditional=False', 'diffusion.self_condition_rate=0.5')
 SAMPLE_MICROBATCH = 4
 
@@ -136,7 +139,7 @@ def run_ours(args: argparse.Namespace, batch_size: int, with_matmul: bool) -> di
                             f'sampling.batch_size={batch_size}']
   # The fastest setting on a CPU (README, Benchmarks): the sampler runs its network on 4 images
   # at a time.
-  overrides += [f'sampling.microbatch_size={SAMPLE_MICROBATCH}'] + args.ours
+  overrides += [f'cpu.sampler_microbatch_size={SAMPLE_MICROBATCH}'] + args.ours
   command = [sys.executable, BENCH, f'--cases={CASE}', f'--sample-steps={args.sample_steps}',
              '--no-warm-compile', f'--matmul-size={args.matmul_size if with_matmul else 0}',
              f'--sample-repeats={args.sample_repeats}']
@@ -238,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/hugepages.py), inherited
+  # As main.py: glibc's transparent-huge-page tunable (bit_diffusion/cpu.py), inherited
   # by every subprocess (ours and the port's alike).
-  hugepages.reexec_with_hugepages()
+  cpu.reexec_with_hugepages()
   sys.exit(main())

@@ -132,8 +132,3 @@ class BitCodec:
     analog = probs @ jnp.asarray(self.code_table)  # [..., C, channels_per_value]
     return analog.reshape(*analog.shape[:-2], -1)
 
-
-def codec_from_config(config) -> BitCodec:
-  """Builds the codec from `config.data.num_bits` and `config.bits`."""
-  return BitCodec(num_bits=config.data.num_bits, encoding=config.bits.encoding,
-                  scale=config.bits.scale, permutation_seed=config.bits.permutation_seed)

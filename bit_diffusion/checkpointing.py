@@ -14,18 +14,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-# The config fields that determine the shapes and meaning of the image model's parameters.
-IMAGE_SIGNATURE_FIELDS = {
-    'data': ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes'),
-    'bits': ('encoding', 'scale', 'permutation_seed'),
-    'diffusion': ('prediction', 'loss', 'output'),
-    'model': ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
-              'num_heads'),
-}
-
 
 def model_signature(config, fields_by_section: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-  """{'model.base_channels': 256, ...}: the named config fields, JSON-ready."""
+  """{'model.base_channels': 256, ...}: the named config fields (those that fix the shapes and
+  meaning of the parameters), JSON-ready."""
   signature = {}
   for section, fields in fields_by_section.items():
     for field in fields:

@@ -2,11 +2,12 @@
 
 The math here knows no network. It calls a `denoise_fn`:
 
-    denoise_fn(x_t, gamma, self_cond, labels, dropout_rng) -> raw network output
+    denoise_fn(x_t, gamma, self_cond, cond, dropout_rng) -> raw network output
 
-with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B], labels int32 [B] or
-None. The raw output is an x0, eps or v prediction, bit logits ('logistic' loss) or per-value
-logits ('softmax' output); `Diffusion.x0_from_output` turns any of them into an x0 estimate.
+with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B], cond the
+conditioning with a leading batch axis (class labels int32 [B], caption images) or None. The
+raw output is an x0, eps or v prediction, bit logits ('logistic' loss) or per-value logits
+('softmax' output); `Diffusion.x0_from_output` turns any of them into an x0 estimate.
 """
 
 import dataclasses
@@ -132,14 +133,15 @@ class Diffusion:
     """
     return self_condition_pattern(self.self_condition_rate, batch)
 
-  def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, labels: Optional[jnp.ndarray],
+  def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, cond: Optional[jnp.ndarray],
                  rng: jax.Array) -> LossTerms:
     """Algorithm 1 of the paper, per example.
 
     Args:
       denoise_fn: the network, see the module docstring.
       bits: analog bits x0, float32 [B, ..., D].
-      labels: conditioning with a leading batch axis (int32 [B] class labels) or None.
+      cond: the conditioning, with a leading batch axis (class labels int32 [B], caption
+        images [B, S, S, 3]), or None. Labels are dropped to the null label at label_dropout.
       rng: a PRNG key.
 
     Returns:
@@ -152,9 +154,9 @@ class Diffusion:
     noise = jax.random.normal(noise_rng, bits.shape)
     x_t = corrupt(bits, gamma, noise)
 
-    if labels is not None and self.label_dropout > 0:
-      drop = jax.random.bernoulli(label_rng, self.label_dropout, labels.shape)
-      labels = jnp.where(drop, self.num_classes, labels)
+    if cond is not None and self.label_dropout > 0:
+      drop = jax.random.bernoulli(label_rng, self.label_dropout, cond.shape)
+      cond = jnp.where(drop, self.num_classes, cond)
 
     # Self-conditioning (Sec. 3): a fixed share of the batch (as the authors' code; the paper's
     # pseudo-code flips a coin per batch) gets a stop-gradient x0 estimate from a first pass,
@@ -168,18 +170,18 @@ class Diffusion:
         return a.reshape(batch // m, m, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:])
       first_x_t, first_gamma = leading(x_t), leading(gamma)
       first_output = denoise_fn(first_x_t, first_gamma, jnp.zeros_like(first_x_t),
-                                leading(labels), sc_rng)
+                                leading(cond), sc_rng)
       estimate = jax.lax.stop_gradient(self.clipped_x0(first_output, first_x_t, first_gamma))
       estimate = estimate.reshape(batch // m, k, *x_t.shape[1:])
       padding = jnp.zeros((batch // m, m - k, *x_t.shape[1:]), x_t.dtype)
       self_cond = jnp.concatenate([estimate, padding], axis=1).reshape(x_t.shape)
     elif k > 0:  # The batch is not a multiple of m: run the first pass on all, keep the share.
-      first_output = denoise_fn(x_t, gamma, self_cond, labels, sc_rng)
+      first_output = denoise_fn(x_t, gamma, self_cond, cond, sc_rng)
       estimate = jax.lax.stop_gradient(self.clipped_x0(first_output, x_t, gamma))
       chosen = _bcast(jnp.arange(batch) % m < k, x_t)
       self_cond = jnp.where(chosen, estimate, 0.0)
 
-    output = denoise_fn(x_t, gamma, self_cond, labels, dropout_rng).astype(jnp.float32)
+    output = denoise_fn(x_t, gamma, self_cond, cond, dropout_rng).astype(jnp.float32)
     reduce = lambda a: jnp.mean(a.reshape(batch, -1), axis=-1)
     if self.loss == 'logistic':
       loss = reduce(optax.sigmoid_binary_cross_entropy(output, (bits > 0).astype(jnp.float32)))
@@ -205,14 +207,18 @@ def self_condition_pattern(rate: float, batch: int) -> tuple[int, int]:
   return fraction.numerator, fraction.denominator
 
 
-def diffusion_from_config(config) -> Diffusion:
-  """Builds the Diffusion of `config.diffusion`, `config.bits` and `config.data`."""
+def diffusion_from_config(config, num_bits: int, num_classes: int) -> Diffusion:
+  """The Diffusion of `config.diffusion` and `config.bits` for values of `num_bits` bits and
+  `num_classes` labels (0: none). Image-only fields (output, label_dropout) default when a
+  config has none (captioning)."""
   return Diffusion(
-      codec=analog_bits.codec_from_config(config),
+      codec=analog_bits.BitCodec(num_bits=num_bits, encoding=config.bits.encoding,
+                                 scale=config.bits.scale,
+                                 permutation_seed=config.bits.permutation_seed),
       gamma_fn=schedules.gamma_fn_from_config(config.diffusion),
       prediction=config.diffusion.prediction,
       loss=config.diffusion.loss,
-      output=config.diffusion.output,
+      output=config.diffusion.get('output', 'bits'),
       self_condition_rate=config.diffusion.self_condition_rate,
-      label_dropout=config.diffusion.label_dropout,
-      num_classes=config.data.num_classes if config.data.class_conditional else 0)
+      label_dropout=config.diffusion.get('label_dropout', 0.0),
+      num_classes=num_classes)

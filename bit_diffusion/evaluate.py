@@ -1,4 +1,4 @@
-"""The `sample` and `eval` modes: generate from, and score, the latest checkpoint in a workdir.
+"""The image task's `sample` and `eval` modes: generate from, and score, the latest checkpoint.
 
 `--mode=eval` reports the diffusion loss with fixed noise (`eval.num_batches`) and the sample
 metrics of `eval.num_samples` generated images (`sample_metrics`): FID, Inception Score and
@@ -14,39 +14,15 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 
 from bit_diffusion import checkpointing
-from bit_diffusion import input_pipeline
-from bit_diffusion import sampling
-from bit_diffusion import train
+from bit_diffusion import engine
+from bit_diffusion import generation
 from bit_diffusion.metrics import features as features_lib
 from bit_diffusion.metrics import fid
-
-
-def restore_weights(config, workdir: str, use_ema: bool = True
-                    ) -> tuple[train.Trainer, Any, int]:
-  """(trainer, EMA or online params, step) of the latest checkpoint, signature checked.
-
-  Only the weights are read (a partial restore): sampling and scoring need neither the
-  optimizer state nor the other train-state fields, which may differ between versions.
-  """
-  trainer = train.Trainer(config)
-  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
-                            '--mode=train and the same --workdir.')
-  checkpointing.check_signature(manager, step, trainer.signature())
-  name = 'ema_params' if use_ema else 'params'
-  abstract = checkpointing.abstract_with_shardings(trainer.abstract_state, trainer.state_sharding)
-  target = {name: getattr(abstract, name)}
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, partial_restore=True,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
-  return trainer, restored.state[name], step
+from bit_diffusion.tasks import images as images_lib
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
@@ -58,22 +34,21 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   s = config.sampling
-  trainer, params, step = restore_weights(config, workdir, s.use_ema)
-  labels = train.default_labels(s.num_samples, trainer.diffusion.num_classes, s.labels)
-  batch_size = trainer.device_multiple(s.batch_size)
+  model = generation.load(config, workdir, s.use_ema)
+  labels = model.task.sampling_conditions(s.num_samples, s.labels)
   logging.info('Sampling %d images from step %d: %s, %d steps, td=%s, guidance=%s.',
-               s.num_samples, step, s.sampler, s.steps, s.td, s.guidance)
-  images = sampling.generate(trainer.make_sample_fn(), params,
-                             jax.random.PRNGKey(config.seed + 2), labels, batch_size)
-  name = f'samples_{step}_{s.sampler}{s.steps}_td{s.td:g}' + (
+               s.num_samples, model.step, s.sampler, s.steps, s.td, s.guidance)
+  images = generation.generate(model.make_sample_fn(), model.params,
+                               engine.seed_key(config.seed, 'sample'), labels,
+                               model.batch_size(s.batch_size))
+  name = f'samples_{model.step}_{s.sampler}{s.steps}_td{s.td:g}' + (
       f'_w{s.guidance:g}' if s.guidance else '')
-  path = os.path.join(workdir, 'samples', name + '.npz')
+  path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path, images=images.astype(np.int32), labels=labels)
-    sampling.write_grid(path[:-4] + '.png', images, sampling.display_max(config.data))
-    logging.info('Wrote %s and its .png grid.', path)
-  return path
+    model.task.save_samples(images, labels, path)
+    logging.info('Wrote %s.npz and its .png grid.', path)
+  return path + '.npz'
 
 
 def _format_seconds(seconds: float) -> str:
@@ -81,15 +56,15 @@ def _format_seconds(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
-def sample_metrics(config, trainer: train.Trainer, params: Any,
+def sample_metrics(config, model: generation.LoadedModel,
                    num_samples: Optional[int] = None,
                    net: Optional[features_lib.FeatureNet] = None,
                    **sampling_overrides) -> dict[str, Any]:
-  """FID, IS and precision/recall of `num_samples` images sampled with `params`.
+  """FID, IS and precision/recall of `num_samples` images sampled with `model.params`.
 
   The feature network and the reference statistics are prepared first, so missing weights fail
   before any sampling. Images are generated in batches of `sampling.batch_size` sharded over
-  the trainer's mesh and turned into features at once (only features are kept), with progress
+  the model's mesh and turned into features at once (only features are kept), with progress
   and ETA in the log. `sampling_overrides` (sampler, steps, td, guidance, ...) change
   `config.sampling` for this call; `net` is the feature net (made from `config.eval` when
   None). Returns {'fid', 'is', 'is_std', 'precision', 'recall',
@@ -99,23 +74,22 @@ def sample_metrics(config, trainer: train.Trainer, params: Any,
   ev = config.eval
   num_samples = num_samples or ev.num_samples
   net = net or features_lib.create_feature_net(ev)
-  extractor = features_lib.Extractor(net, trainer.mesh,
-                                     trainer.device_multiple(ev.feature_batch_size))
-  max_value = sampling.display_max(config.data)
+  extractor = features_lib.Extractor(net, model.mesh, model.batch_size(ev.feature_batch_size))
+  max_value = images_lib.display_max(config.data)
   reference = features_lib.reference_statistics(config, extractor, max_value)
-  sample_fn = trainer.make_sample_fn(**sampling_overrides)
+  sample_fn = model.make_sample_fn(**sampling_overrides)
   settings = dict(sampler=config.sampling.sampler, steps=config.sampling.steps,
                   td=config.sampling.td, guidance=config.sampling.guidance)
   settings.update({k: v for k, v in sampling_overrides.items() if k in settings})
-  labels = train.default_labels(num_samples, trainer.diffusion.num_classes)
-  batch_size = trainer.device_multiple(config.sampling.batch_size)
-  rng = jax.random.PRNGKey(config.seed + 4)
+  labels = model.task.sampling_conditions(num_samples)
+  batch_size = model.batch_size(config.sampling.batch_size)
+  rng = engine.seed_key(config.seed, 'eval_samples')
   logging.info('Sample metrics: %d samples (%s), %s; reference %s.', num_samples, settings,
                net.description, reference['path'])
   features, logits, start = [], [], time.time()
   for i in range(0, num_samples, batch_size):
-    images = sampling.generate(sample_fn, params, jax.random.fold_in(rng, i),
-                               labels[i:i + batch_size], batch_size)
+    images = generation.generate(sample_fn, model.params, jax.random.fold_in(rng, i),
+                                 labels[i:i + batch_size], batch_size)
     f, lg = features_lib.extract(extractor, features_lib.to_unit_range(images, max_value))
     features.append(f)
     logits.append(lg)
@@ -158,12 +132,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   workdir = checkpointing.ensure_writable_dir(workdir)
   # Missing feature-net weights fail here, before anything is restored or computed.
   net = features_lib.create_feature_net(config.eval) if config.eval.num_samples else None
-  trainer, ema_params, step = restore_weights(config, workdir)
+  model = generation.load(config, workdir)
+  step = model.step
   results = {}
   if config.eval.num_batches:
-    results.update(_diffusion_loss(config, trainer, ema_params))
+    results.update(_diffusion_loss(config, model))
   if config.eval.num_samples:
-    metrics = sample_metrics(config, trainer, ema_params, net=net)
+    metrics = sample_metrics(config, model, net=net)
     results.update({f'eval/{k}': v for k, v in metrics.items()})
     if jax.process_index() == 0:
       print(f'Step {step}: ' + format_sample_metrics(metrics), flush=True)
@@ -181,24 +156,26 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   return results
 
 
-def _diffusion_loss(config, trainer: train.Trainer, params: Any) -> dict[str, float]:
-  """eval/loss, eval/x0_mse, eval/bit_error over `eval.num_batches` fixed-noise batches."""
+def _diffusion_loss(config, model: generation.LoadedModel) -> dict[str, float]:
+  """eval/<metric> of the method's training loss over `eval.num_batches` fixed-noise batches."""
   batch_size = config.eval.batch_size or config.training.batch_size
-  data_iter, _ = input_pipeline.create_train_iterator(
-      config.data, global_batch_size=batch_size, seed=config.seed + 3)
+  method, mesh = model.method, model.mesh
+  data_iter = model.task.train_iterator(batch_size, config.seed + 3)
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 
   @jax.jit
   def eval_step(params, batch, rng):  # The training objective, on fixed noise.
-    _, terms = trainer.compute_loss(params, batch, rng)
+    _, terms = method.loss(model.graphdef, params, batch, rng, batch_sharding)
     return jax.tree.map(jnp.mean, terms)
 
   totals = []
+  key = engine.seed_key(config.seed, 'eval_loss')
   try:
     for i in range(config.eval.num_batches):
-      terms = eval_step(params, trainer.global_batch(next(data_iter)),
-                        jax.random.PRNGKey(10_000 + i))
-      totals.append(jax.device_get(terms))
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in next(data_iter).items()}
+      totals.append(jax.device_get(eval_step(model.params, batch, jax.random.fold_in(key, i))))
   finally:
     data_iter.close()
-  return {f'eval/{name}': float(np.mean([getattr(t, name) for t in totals]))
-          for name in ('loss', 'x0_mse', 'bit_error')}
+  return {f'eval/{name}': float(np.mean([t[name] for t in totals]))
+          for name in method.metric_names}

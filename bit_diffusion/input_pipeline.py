@@ -1,12 +1,7 @@
-"""Training images as integer arrays, in a resumable, host-sharded order.
+"""Training images as integer arrays: the image task's data sources.
 
-A *source* gives random access to the examples of a dataset (`get(indices)`); `BatchIterator`
-turns it into an infinite stream of batches whose content is a pure function of (seed, step,
-process), so a resumed run sees exactly the batches an uninterrupted run would have seen:
-
-  stream = perm(seed, 0) ++ perm(seed, 1) ++ ...   (epoch e: a permutation of all N indices)
-  global batch s = stream[s * B : (s + 1) * B]      (batches may straddle epochs)
-  process p of P takes the p-th contiguous slice of B // P examples of each global batch.
+A *source* gives random access to the examples of a dataset (`get(indices)`);
+`batches.BatchIterator` turns it into a resumable, host-sharded stream of batches.
 
 Sources: 'digits' (scikit-learn's bundled 8x8 digits), 'npz', 'folder' (images decoded lazily),
 'cifar10' (TFDS, loaded into memory) and 'imagenet64' (TFDS `imagenet_resized/64x64`, read with
@@ -14,18 +9,17 @@ random access from array_record files, never loaded into memory).
 """
 
 import dataclasses
-import functools
 import os
-import queue
 import socket
 import threading
 import urllib.parse
 import urllib.request
-from typing import Protocol
 
 import jax
 import numpy as np
 from PIL import Image
+
+from bit_diffusion import batches
 
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 # PIL modes with 8 bits per channel; 16-bit and float images are refused.
@@ -43,17 +37,6 @@ class DatasetInfo:
   num_bits: int
   num_classes: int  # 0: the data has no labels.
   class_names: tuple[str, ...] = ()  # Label i is class_names[i], when known.
-
-
-class Source(Protocol):
-  """Random access to a dataset's examples."""
-
-  def __len__(self) -> int:
-    ...
-
-  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Returns images int [n, H, W, C] and labels int32 [n] (zeros when unlabelled)."""
-    ...
 
 
 class ArraySource:
@@ -125,7 +108,7 @@ class TfdsRandomAccessSource:
 # Sources.
 
 
-def create_source(data_config) -> tuple[Source, DatasetInfo]:
+def create_source(data_config) -> tuple[batches.Source, DatasetInfo]:
   """Opens `data_config.name` and checks it against the config (sizes, bits, labels)."""
   name = data_config.name
   if name == 'digits':
@@ -366,110 +349,11 @@ def _unreachable(host: str, timeout: float = 3.0) -> str | None:
 # Batches.
 
 
-class BatchIterator:
-  """Iterates over batch_at(start_step), batch_at(start_step + 1), ... prepared ahead."""
-
-  def __init__(self, source: Source, *, global_batch_size: int, seed: int, random_flip: bool,
-               start_step: int = 0, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2):
-    if global_batch_size <= 0 or global_batch_size % process_count:
-      raise ValueError(f'The global batch size {global_batch_size} must be a positive multiple '
-                       f'of the number of processes ({process_count}).')
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
-    if seed < 0 or start_step < 0:
-      raise ValueError(f'seed ({seed}) and start_step ({start_step}) must be >= 0.')
-    self.source, self.seed, self.random_flip = source, seed, random_flip
-    self.global_batch_size, self.num_examples = global_batch_size, len(source)
-    self.local_batch_size = global_batch_size // process_count
-    self.offset = process_index * self.local_batch_size  # This process's slice of the batch.
-    self.step = start_step  # The step of the batch the next `__next__` returns.
-    self.prefetch = prefetch
-    self._permutation = functools.lru_cache(maxsize=4)(self._make_permutation)
-    self._queue, self._thread, self._stop = None, None, threading.Event()
-
-  def _make_permutation(self, epoch: int) -> np.ndarray:
-    """Returns epoch's order of all example indices, int [num_examples]."""
-    return np.random.default_rng([self.seed, 0, epoch]).permutation(self.num_examples)
-
-  def indices_at(self, step: int) -> np.ndarray:
-    """Returns the example indices of this process's slice of global batch `step`, int [b]."""
-    start = step * self.global_batch_size + self.offset
-    positions = np.arange(start, start + self.local_batch_size)  # In the stream of epochs.
-    epochs, offsets = np.divmod(positions, self.num_examples)
-    indices = np.empty_like(positions)
-    for epoch in np.unique(epochs):
-      mask = epochs == epoch
-      indices[mask] = self._permutation(int(epoch))[offsets[mask]]
-    return indices
-
-  def batch_at(self, step: int) -> dict[str, np.ndarray]:
-    """Returns images int32 [b, H, W, C] and labels int32 [b], b = global batch // processes."""
-    batch = self.source.get(self.indices_at(step))
-    images = batch['images'].astype(np.int32)
-    if self.random_flip:  # One draw per position in the global batch, whatever the processes.
-      flips = np.random.default_rng([self.seed, 1, step]).random(self.global_batch_size) < 0.5
-      flips = flips[self.offset:self.offset + self.local_batch_size]
-      images[flips] = images[flips, :, ::-1]
-    return {'images': images, 'labels': np.asarray(batch['labels'], np.int32)}
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self._stop.is_set():
-      raise RuntimeError('This BatchIterator is closed.')
-    if self.prefetch <= 0:
-      batch = self.batch_at(self.step)
-    else:
-      if self._thread is None:
-        self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(target=self._prepare, args=(self.step,), daemon=True)
-        self._thread.start()
-      step, batch, error = self._queue.get()
-      if error is not None:
-        self.close()  # The thread has stopped: later calls raise instead of waiting forever.
-        raise error
-      assert step == self.step, (step, self.step)
-    self.step += 1
-    return batch
-
-  def _prepare(self, step: int) -> None:
-    """Background thread: puts (step, batch, error) for step, step + 1, ... into the queue."""
-    while not self._stop.is_set():
-      try:
-        item = (step, self.batch_at(step), None)
-      except Exception as e:  # Re-raised by __next__ in the consumer's thread.
-        item = (step, None, e)
-      while not self._stop.is_set():
-        try:
-          self._queue.put(item, timeout=0.1)
-          break
-        except queue.Full:
-          pass
-      if item[2] is not None:
-        return
-      step += 1
-
-  def close(self) -> None:
-    """Stops the background thread."""
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
-      self._thread = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-
-
 def create_train_iterator(data_config, *, global_batch_size: int, seed: int,
-                          start_step: int = 0) -> tuple[BatchIterator, DatasetInfo]:
+                          start_step: int = 0) -> tuple[batches.BatchIterator, DatasetInfo]:
   """Returns this process's batches from `start_step` on, and the dataset's description."""
   source, info = create_source(data_config)
-  iterator = BatchIterator(source, global_batch_size=global_batch_size, seed=seed,
+  iterator = batches.BatchIterator(source, global_batch_size=global_batch_size, seed=seed,
                            random_flip=data_config.random_flip, start_step=start_step,
                            process_index=jax.process_index(),
                            process_count=jax.process_count(), prefetch=data_config.prefetch)

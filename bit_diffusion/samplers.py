@@ -1,10 +1,10 @@
 """Samplers (Algorithm 2): DDIM and DDPM reverse steps driven by `lax.fori_loop`.
 
 A sampler knows no network. It calls `x0_fn(x_t, gamma, self_cond) -> x0 estimate in [-b, b]`
-(see `Diffusion.clipped_x0` and `guided_x0_fn`). Times run from t=1 (noise) to t=0; with the
-asymmetric time interval td (counted in steps), step i goes from t_now = 1 - i / steps to
-t_next = max(1 - (i + 1 + td) / steps, 0), so the network sees a slightly noisier input than the
-state it is asked to denoise (paper Sec. 3, Fig. 3).
+(`guided_x0_fn` builds one from the network and `Diffusion.clipped_x0`). Times run from t=1
+(noise) to t=0; with the asymmetric time interval td (counted in steps), step i goes from
+t_now = 1 - i / steps to t_next = max(1 - (i + 1 + td) / steps, 0), so the network sees a
+slightly noisier input than the state it is asked to denoise (paper Sec. 3, Fig. 3).
 """
 
 from typing import Callable
@@ -42,7 +42,8 @@ def ddpm_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray, gamma_n
   eps = (x_t - jnp.sqrt(gamma_now) * x0) / jnp.sqrt(1 - gamma_now)
   alpha = gamma_now / gamma_next
   # The mean above, rewritten with x_t = sqrt(g_now) x0 + sqrt(1 - g_now) eps so that it stays
-  # finite at g_now = 0 (e.g. the linear schedule at t = 1), where 1 / sqrt(alpha) is infinite.
+  # finite and accurate as g_now -> 0 (the schedules end at gamma ~ 1e-9, where 1 / sqrt(alpha)
+  # is ~3e4 and the form above subtracts nearly equal large terms).
   mean = jnp.sqrt(gamma_next) * x0 + jnp.sqrt(alpha) * (1 - gamma_next) / jnp.sqrt(
       1 - gamma_now) * eps
   if variance == 'large':
@@ -111,19 +112,40 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
   return x0, x
 
 
-def guided_x0_fn(x0_fn: Callable[..., jnp.ndarray], labels: Optional[jnp.ndarray],
-                 null_label: int, guidance: float, scale: float) -> X0Fn:
-  """Binds labels and classifier-free guidance to `x0_fn(x_t, gamma, self_cond, labels)`.
+def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
+                 to_x0: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray],
+                 labels: Optional[jnp.ndarray], null_label: int, guidance: float) -> X0Fn:
+  """The sampler's x0_fn: the network with its labels bound, with classifier-free guidance.
 
-  With guidance w > 0 the estimate is (1 + w) x0(cond) - w x0(uncond) (Ho & Salimans 2022), as in
-  the authors' code, clipped again to [-scale, scale]; cond and uncond run as one batch of 2B.
+  Classifier-free guidance (Ho & Salimans 2022) with weight w combines the RAW network outputs,
+
+      output = (1 + w) * output_fn(x_t, gamma, self_cond, labels)
+               - w * output_fn(x_t, gamma, self_cond, null labels),
+
+  and only then turns the combination into an x0 estimate and clips it, once, with `to_x0`: as
+  the authors' code (pix2seq `diffusion_utils.Scheduler.generate`: `pred_out_l * (1 + guidance)
+  - pred_out_nl * guidance`, then `get_x0_eps` with the x0 clip). Clipping each branch first
+  would cap a guided estimate that the unclipped outputs push past the range. The conditional
+  and unconditional passes run as one batch of 2B.
+
+  Args:
+    output_fn: (x_t [B, ...], gamma [B], self_cond [B, ...], labels [B] or None) -> raw network
+      output [B, ...] (an x0, eps or v prediction, or logits).
+    to_x0: (output, x_t, gamma) -> clipped x0 estimate [B, ...] (`Diffusion.clipped_x0`).
+    labels: int [B], or None for an unconditional model.
+    null_label: the label that means "no class" (`num_classes`).
+    guidance: w >= 0; 0 (or labels None) runs the conditional pass only.
+
+  Returns:
+    x0_fn(x_t, gamma, self_cond) -> clipped x0 estimate [B, ...].
   """
   if guidance == 0 or labels is None:
-    return lambda x, gamma, self_cond: x0_fn(x, gamma, self_cond, labels)
+    return lambda x, gamma, self_cond: to_x0(output_fn(x, gamma, self_cond, labels), x, gamma)
 
   def guided(x, gamma, self_cond):
-    double = lambda a: jnp.concatenate([a, a], axis=0)
+    double = lambda a: jnp.concatenate([a, a], axis=0)  # [B, ...] -> [2B, ...].
     both_labels = jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0)
-    cond, uncond = jnp.split(x0_fn(double(x), double(gamma), double(self_cond), both_labels), 2)
-    return jnp.clip((1 + guidance) * cond - guidance * uncond, -scale, scale)
+    cond, uncond = jnp.split(output_fn(double(x), double(gamma), double(self_cond), both_labels),
+                             2)
+    return to_x0((1 + guidance) * cond - guidance * uncond, x, gamma)
   return guided

@@ -1,7 +1,9 @@
-"""Noise schedules gamma(t): the signal fraction at time t, gamma(0) = 1 (clean), gamma(1) = 0.
+"""Noise schedules gamma(t): the signal fraction at time t, gamma(0) = 1 (clean), gamma(1) ~ 0.
 
 The forward process is x_t = sqrt(gamma(t)) x_0 + sqrt(1 - gamma(t)) eps (paper Eq. 1). Each
-schedule is a pure function of t in [0, 1]; `get_gamma_fn` picks one from the config.
+schedule is a pure function of t in [0, 1]; `get_gamma_fn` picks one from the config. As in the
+authors' code, no schedule reaches 0: 'linear', 'cosine_tau' and 'sigmoid' are clipped to
+[1e-9, 1], and the paper's 'cosine' ends at about 6e-9 through its offsets.
 """
 
 import functools
@@ -18,9 +20,13 @@ def cosine_gamma(t: jnp.ndarray, ns: float = 2e-4, ds: float = 2.5e-4) -> jnp.nd
   return jnp.cos(((t + ns) / (1 + ds)) * jnp.pi / 2) ** 2
 
 
-def linear_gamma(t: jnp.ndarray) -> jnp.ndarray:
-  """gamma(t) = 1 - t."""
-  return 1.0 - t
+def linear_gamma(t: jnp.ndarray, clip_min: float = 1e-9) -> jnp.ndarray:
+  """gamma(t) = 1 - t, clipped to [clip_min, 1] as `simple_linear_schedule` in pix2seq.
+
+  The clip keeps gamma(1) > 0, like the other schedules, so that sqrt(gamma) and log(gamma)
+  stay finite and an eps prediction can still be turned into x0 at t = 1.
+  """
+  return jnp.clip(1.0 - t, clip_min, 1.0)
 
 
 def cosine_tau_gamma(t: jnp.ndarray, start: float = 0.0, end: float = 1.0, tau: float = 1.0,

@@ -7,14 +7,16 @@ The architecture follows the authors' `TransUNet` (google-research/pix2seq,
   `4 * base_channels`, an optional class embedding added, then SiLU;
 - `conv_in` (3x3) followed by a GroupNorm;
 - down path: per stage `num_res_blocks` residual blocks, each followed by self-attention when the
-  feature map is in `attention_resolutions`; a stride-2 3x3 conv between stages. Every residual
-  block output (taken before its attention, as in the authors' code) and every downsampled map is
-  kept as a skip connection;
+  feature map is in `attention_resolutions` (channels // head_dim heads of width head_dim, 64 in
+  the authors' code); a stride-2 3x3 conv between stages. Every residual block output (taken
+  before its attention, as in the authors' code) and every downsampled map is kept as a skip
+  connection;
 - no middle block;
 - up path (as DDPM, Ho et al. 2020): per stage `num_res_blocks + 1` residual blocks, each
   consuming one skip by concatenation, with the same attention placement; nearest 2x upsampling
   and a 3x3 conv between stages;
-- GroupNorm, SiLU, 3x3 conv (zero-initialised) to `out_channels`.
+- GroupNorm, SiLU, conv (zero-initialised) to `out_channels`: 3x3, or 1x1 for the softmax
+  output's logits (the authors' `outp_softmax_groups > 0` branch).
 
 Residual and attention branches are summed with their input and scaled by 1/sqrt(2). Layout is
 NHWC throughout. Parameters are float32; `dtype` is the compute dtype.
@@ -70,15 +72,11 @@ def sinusoidal_embedding(x: jax.Array, dim: int) -> jax.Array:
 class GroupNorm(nnx.Module):
   """GroupNorm (Wu & He 2018) with an optional per-example FiLM folded into its affine map.
 
-  The same parameters as `nnx.GroupNorm` (`scale` and `bias`, [channels]), so checkpoints do not
-  depend on which one built them, and the same result to float32 rounding. It is written out
-  because the residual block's `norm(h) * (1 + film_scale) + film_shift` then costs one
-  multiply-add per element: the statistics (sums of x and x^2 in float32, per channel over the
-  pixels, then per group) and the FiLM fold into a per-example, per-channel scale `a` and offset
-  `b`, and the output is `x * a + b`. GroupNorm + SiLU on [8, 32, 32, 256] on the 2-core CPU
-  (`benchmarks/group_norm.py`; forward / with its gradient): `nnx.GroupNorm` 2.08 / 4.14 ms,
-  this module 0.77 / 2.37 ms with XLA's default CPU options (the sampler's); 2.14 / 15.53
-  against 0.87 / 5.38 ms with the train step's `training.cpu_ynn_fusions`.
+  Equal to `nnx.GroupNorm` followed by the FiLM `* (1 + film_scale) + film_shift`, to float32
+  rounding, with the same parameters (`scale` and `bias`, [channels]). The statistics are float32
+  sums of x and x^2 per channel over the pixels, then per group; they and the FiLM fold into a
+  per-example, per-channel scale `a` and offset `b`, and the output is `x * a + b`. Why it is
+  written out: docs/cpu.md, "GroupNorm statistics as per-channel sums".
   """
 
   def __init__(self, channels: int, num_groups: int, epsilon: float, dtype, rngs: nnx.Rngs):
@@ -101,7 +99,7 @@ class GroupNorm(nnx.Module):
     g = self.num_groups
     x = x.astype(jnp.float32)
     # Per-channel sums over the pixels first, then over each group's channels: the same sums as
-    # one reduction over (pixels, group channels), but XLA:CPU reduces contiguous rows ~10x faster.
+    # one reduction over (pixels, group channels) (docs/cpu.md).
     count = h * w * (c // g)
     group_sum = jnp.sum(x, axis=(1, 2)).reshape(b, g, c // g).sum(axis=2)  # [b, g]
     group_square_sum = jnp.sum(jnp.square(x), axis=(1, 2)).reshape(b, g, c // g).sum(axis=2)
@@ -132,8 +130,8 @@ def _conv(in_ch: int, out_ch: int, kernel: int, dtype, rngs: nnx.Rngs, *, stride
 def _pointwise(conv: nnx.Conv, x: jax.Array) -> jax.Array:
   """A 1x1 `nnx.Conv` applied as a matrix product over the channels: [b, h, w, c] -> [b, h, w, o].
 
-  The same parameters and result as `conv(x)`; XLA's CPU backend runs the matrix product and its
-  gradients faster than a 1x1 convolution (1.3-1.4x in isolation at the shortcuts' shapes).
+  The same parameters and result as `conv(x)`; why: docs/cpu.md, "1x1 convolutions as matrix
+  products".
   """
   kernel = conv.kernel[...]  # [1, 1, c, o]
   y = jnp.einsum('bhwc,co->bhwo', x.astype(conv.dtype), kernel[0, 0].astype(conv.dtype))
@@ -174,21 +172,37 @@ class ResBlock(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-  """GroupNorm, multi-head self-attention over the h * w positions, projection; scaled residual."""
+  """GroupNorm, multi-head self-attention over the h * w positions, projection; scaled residual.
 
-  def __init__(self, channels: int, num_heads: int, dtype, rngs: nnx.Rngs):
-    self.num_heads = num_heads
+  As the authors' `tf.keras.layers.MultiHeadAttention(num_heads=channels // per_head_dim,
+  key_dim=per_head_dim)`: `num_heads = channels // head_dim` heads, each head_dim wide, so the
+  attention is num_heads * head_dim wide (= channels when head_dim divides them) and `proj` maps
+  it back to the channels. Fewer channels than head_dim would leave no head: ValueError.
+  """
+
+  def __init__(self, channels: int, head_dim: int, dtype, rngs: nnx.Rngs):
+    if head_dim < 1:
+      raise ValueError(f'head_dim={head_dim}: the width of an attention head must be >= 1.')
+    if channels < head_dim:
+      raise ValueError(
+          f'Self-attention over {channels} channels with head_dim={head_dim} has '
+          f'{channels} // {head_dim} = 0 heads. Set head_dim to at most {channels} (e.g. '
+          f'{channels} for one head), or widen the layer.')
+    self.num_heads = channels // head_dim
+    self.head_dim = head_dim
+    width = self.num_heads * head_dim
     self.norm = _group_norm(channels, dtype, rngs)
-    self.qkv = nnx.Linear(channels, 3 * channels, dtype=dtype, kernel_init=_default_init,
-                          rngs=rngs)
-    self.proj = nnx.Linear(channels, channels, dtype=dtype, kernel_init=_default_init, rngs=rngs)
+    self.qkv = nnx.Linear(channels, 3 * width, dtype=dtype, kernel_init=_default_init, rngs=rngs)
+    self.proj = nnx.Linear(width, channels, dtype=dtype, kernel_init=_default_init, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [b, h, w, c] -> [b, h, w, c]."""
     b, h, w, c = x.shape
-    qkv = self.qkv(self.norm(x)).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+    n, d = self.num_heads, self.head_dim
+    qkv = self.qkv(self.norm(x)).reshape(b, h * w, 3, n, d)  # [b, hw, q/k/v, heads, head_dim]
+    # Softmax(q k^T / sqrt(head_dim)) v per head, as Keras' MultiHeadAttention.
     y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # [b, hw, n, d]
-    y = self.proj(y.reshape(b, h, w, c))
+    y = self.proj(y.reshape(b, h, w, n * d))
     return (x + y) * _INV_SQRT2
 
 
@@ -196,9 +210,9 @@ class UNetBlock(nnx.Module):
   """A residual block, optionally followed by self-attention."""
 
   def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float,
-               attention: bool, num_heads: int, dtype, rngs: nnx.Rngs):
+               attention: bool, head_dim: int, dtype, rngs: nnx.Rngs):
     self.res = ResBlock(in_channels, out_channels, emb_dim, dropout, dtype, rngs)
-    self.attn = SelfAttention(out_channels, num_heads, dtype, rngs) if attention else None
+    self.attn = SelfAttention(out_channels, head_dim, dtype, rngs) if attention else None
 
   def __call__(self, x: jax.Array, emb: jax.Array, dropout_rng=None):
     """x: [b, h, w, c_in] -> (output [b, h, w, c_out], residual-block output before attention)."""
@@ -211,8 +225,9 @@ class UNet(nnx.Module):
 
   def __init__(self, *, in_channels: int, out_channels: int, image_size: int,
                base_channels: int, channel_multipliers: Sequence[int], num_res_blocks: int,
-               attention_resolutions: Sequence[int], num_heads: int = 1, dropout: float = 0.0,
-               num_classes: int = 0, dtype=jnp.float32, rngs: nnx.Rngs):
+               attention_resolutions: Sequence[int], head_dim: int = 64, dropout: float = 0.0,
+               num_classes: int = 0, out_kernel_size: int = 3, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -223,10 +238,14 @@ class UNet(nnx.Module):
       channel_multipliers: one entry per stage; stage s has base_channels * multiplier[s].
       num_res_blocks: residual blocks per stage on the way down (one more on the way up).
       attention_resolutions: feature-map sizes (e.g. 16 for 16x16) that get self-attention.
-      num_heads: attention heads; must divide the channels at every attention layer.
+      head_dim: width of an attention head; each attention layer has channels // head_dim
+        heads (the authors' per_head_dim, 64). Must not exceed the channels of any attention
+        layer.
       dropout: dropout rate inside residual blocks (active only with a `dropout_rng`).
       num_classes: > 0 adds a label embedding with num_classes + 1 rows; label num_classes is
         the null label (no class, for classifier-free guidance).
+      out_kernel_size: kernel size of the zero-initialised output conv: 3, or 1 for the softmax
+        output's logits (as the authors' code).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
       rngs: parameter initialisation randomness (not kept for dropout).
     """
@@ -253,12 +272,18 @@ class UNet(nnx.Module):
           f'(image_size={image_size}, {num_stages} stages) are {resolutions}. Pick attention '
           f'resolutions among them.')
     attention = [r in attention_resolutions for r in resolutions]
+    if head_dim < 1:
+      raise ValueError(f'head_dim={head_dim}: the width of an attention head must be >= 1.')
     for res, ch, attn in zip(resolutions, channels, attention):
-      if attn and ch % num_heads:
+      if attn and ch < head_dim:
+        narrowest = min(c for c, a in zip(channels, attention) if a)
         raise ValueError(
-            f'num_heads={num_heads} does not divide the {ch} channels of the attention layer at '
-            f'resolution {res}. Choose num_heads dividing the channels of every attention stage '
-            f'({[c for c, a in zip(channels, attention) if a]}).')
+            f'head_dim={head_dim} exceeds the {ch} channels of the attention layer at '
+            f'resolution {res}, which would get {ch} // {head_dim} = 0 heads. Set head_dim to at '
+            f'most {narrowest} (the narrowest attention layer), or drop resolution {res} from '
+            'attention_resolutions.')
+    if out_kernel_size < 1:
+      raise ValueError(f'out_kernel_size={out_kernel_size}: use 3, or 1 for softmax logits.')
 
     self.base_channels = base_channels
     self.num_stages = num_stages
@@ -279,7 +304,7 @@ class UNet(nnx.Module):
     self.norm_in = _group_norm(channels[0], dtype, rngs)
 
     def block(cin, cout, stage):
-      return UNetBlock(cin, cout, emb_dim, dropout, attention[stage], num_heads, dtype, rngs)
+      return UNetBlock(cin, cout, emb_dim, dropout, attention[stage], head_dim, dtype, rngs)
 
     # Down path; skip_channels tracks what each kept skip connection carries.
     skip_channels = [channels[0]]
@@ -309,7 +334,7 @@ class UNet(nnx.Module):
     self.upsample = nnx.List(upsample)
 
     self.norm_out = _group_norm(ch, dtype, rngs)
-    self.conv_out = _conv(ch, out_channels, 3, dtype, rngs, kernel_init=_zero_init)
+    self.conv_out = _conv(ch, out_channels, out_kernel_size, dtype, rngs, kernel_init=_zero_init)
 
   def embed(self, gamma: jax.Array, labels: jax.Array | None, batch: int) -> jax.Array:
     """gamma: [b] or scalar; labels: [b] int or None. Returns the SiLU'd embedding [b, 4 * base]."""
@@ -321,6 +346,16 @@ class UNet(nnx.Module):
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
       emb = emb + self.label_emb(labels)
     return nnx.silu(emb)
+
+  def encode_condition(self, labels: jax.Array | None) -> jax.Array | None:
+    """The denoiser protocol's condition encoding (methods/bit_diffusion.py): labels need none,
+    they are embedded with the noise level at every call."""
+    return labels
+
+  def denoise(self, x: jax.Array, gamma: jax.Array, labels: jax.Array | None, *,
+              dropout_rng: jax.Array | None = None) -> jax.Array:
+    """The denoiser protocol's per-step call: the same as calling the U-Net."""
+    return self(x, gamma, labels, dropout_rng=dropout_rng)
 
   def __call__(self, x: jax.Array, gamma: jax.Array, labels: jax.Array | None = None, *,
                dropout_rng: jax.Array | None = None) -> jax.Array:

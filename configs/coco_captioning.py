@@ -12,16 +12,16 @@ paper's decoder: 6 layers, width 512, non-causal. 32K SentencePiece pieces = 15 
 64 tokens. Hardware: accelerators; not trained on this project's CPU machines.
 
 This file is also the base of the other captioning configs: every captioning field is here.
+Captioning configs hold only the fields captioning reads.
 """
 
 import ml_collections
 
-from configs import default
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
-  config.task = 'captioning'
+  config = common.engine_config(task='captioning', method='bit_diffusion')
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'coco_captions'  # 'coco_captions' (TFDS) | 'coco_json' | 'shapes'.
@@ -34,11 +34,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_annotations = ''  # coco_json: the held-out captions file and images.
   config.data.eval_image_dir = ''
   config.data.num_test = 500  # shapes: held-out scenes.
-  config.data.image_size = 384  # Images are resized (shorter side) and centre-cropped.
-  config.data.num_bits = 0  # Bits per token; 0 = ceil(log2(vocab)) of the tokenizer (set there).
-  config.data.class_conditional = False  # The image is the condition, not a label.
-  config.data.num_classes = 0
-  config.data.prefetch = 2
+  config.data.image_size = 384  # Images are made square, image_size pixels a side, by ...
+  # ... 'pad': the whole image, its longer side resized to image_size and padded at the bottom or
+  # right (with pix2seq's grey 0.3), as the authors' preprocessing; or 'crop': the shorter side
+  # resized, the centre cropped (a 4:3 photo loses a quarter of its width).
+  config.data.resize = 'pad'
+  config.data.num_bits = 0  # Bits per token; 0 = ceil(log2(vocab)) of the tokenizer.
+  config.data.prefetch = 2  # Batches prepared ahead by a background thread.
 
   config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.path = 'runs/tokenizers/coco_32k.model'  # '' = train one at start-up.
@@ -46,10 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.tokenizer.model_type = 'unigram'  # SentencePiece 'unigram' | 'bpe'.
   config.tokenizer.max_length = 64  # Tokens per caption, EOS and padding included.
 
-  config.diffusion.label_dropout = 0.0  # Must stay 0: the images ride in the labels' place.
+  config.bits = common.bits_config()
+  config.diffusion = common.diffusion_config()
 
   config.model = ml_collections.ConfigDict()
-  config.model.kind = 'diffusion'  # 'diffusion' | 'autoregressive' (the baseline).
   config.model.vit_checkpoint = ''  # A big_vision / AugReg ViT .npz to start the encoder from.
   config.model.patch_size = 16
   config.model.encoder_width = 768  # ViT-B.
@@ -69,14 +71,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.num_steps = 200_000
   config.training.checkpoint_every = 5_000
   config.training.sample_every = 10_000
-  config.training.num_grid_samples = 64  # Held-out images captioned at each sample step.
+  config.training.num_grid_samples = 64  # Held-out images captioned at each preview.
 
+  config.sampling = common.sampling_config()
   config.sampling.steps = 20  # Table 3.
   config.sampling.td = 7.0  # Table 4: td 5..8 is best at 20 steps.
   config.sampling.num_samples = 5000  # Held-out images captioned by --mode=sample.
   config.sampling.batch_size = 100
 
+  config.eval = ml_collections.ConfigDict()
   config.eval.num_images = 5000  # Held-out images scored by --mode=eval (0: all).
   config.eval.sweep_steps = (5, 10, 20, 40)  # --mode=eval scores every steps x td (Table 4).
   config.eval.sweep_td = (0.0, 1.0, 2.0, 4.0, 8.0)
+  return config
+
+
+def make_autoregressive(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` for the autoregressive baseline: the same data, encoder and decoder sizes, a causal
+  decoder, token cross-entropy and greedy decoding; the diffusion-only fields removed."""
+  config.method = 'autoregressive'
+  for section in ('bits', 'diffusion'):
+    del config[section]
+  del config.data.num_bits
+  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
+    del config.sampling[field]
+  del config.eval.sweep_steps
+  del config.eval.sweep_td
+  del config.cpu.sampler_microbatch_size
   return config

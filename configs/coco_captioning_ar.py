@@ -10,8 +10,4 @@ from configs import coco_captioning
 
 
 def get_config():
-  config = coco_captioning.get_config()
-  config.model.kind = 'autoregressive'
-  config.eval.sweep_steps = ()  # Greedy decoding has no steps or td.
-  config.eval.sweep_td = ()
-  return config
+  return coco_captioning.make_autoregressive(coco_captioning.get_config())

@@ -26,7 +26,6 @@ def get_config():
   config.model.channel_multipliers = (1, 2)
   config.model.num_res_blocks = 2
   config.model.attention_resolutions = (4,)
-  config.model.num_heads = 1
 
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 200

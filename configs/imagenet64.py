@@ -26,7 +26,6 @@ def get_config():
   # The authors' code (pix2seq mhsa_resolutions) attends at 16 and 8 only: 247M parameters, the
   # paper's 'about 240M'; adding 32x32 gives 251M.
   config.model.attention_resolutions = (16, 8)
-  config.model.num_heads = 4
 
   config.optimizer.learning_rate = 2e-4  # 1e-4 for uint8 (rand), per the paper.
   config.training.batch_size = 1024

@@ -5,12 +5,9 @@ Run:   python main.py --config=configs/shapes_captioning_ar.py --workdir=runs/sh
 Causal decoder, token cross-entropy, greedy decoding. Time and result: README "Image captioning".
 """
 
+from configs import coco_captioning
 from configs import shapes_captioning
 
 
 def get_config():
-  config = shapes_captioning.get_config()
-  config.model.kind = 'autoregressive'
-  config.eval.sweep_steps = ()
-  config.eval.sweep_td = ()
-  return config
+  return coco_captioning.make_autoregressive(shapes_captioning.get_config())

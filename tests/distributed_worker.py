@@ -1,11 +1,13 @@
-"""One process of a multi-device or multi-process training run, for tests/test_distributed.py.
+"""One process of a multi-device or multi-process run, for tests/test_distributed.py.
 
   python -m tests.distributed_worker --workdir=W --out=OUT.npz [--param_sharding=fsdp]
-      [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
+      [--captions] [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
 
 Trains the tiny digits config with train_and_evaluate, then writes the final parameters
 (gathered from all processes), the process and device counts, and the example indices this
-process read at every step, to OUT.npz.
+process read at every step, to OUT.npz. With --captions it also trains the tiny shapes
+captioner (its training previews are generated across the processes) and captions held-out
+images with `--mode=sample`'s code, whose results JSON path goes to OUT.npz as `captions`.
 """
 
 import os
@@ -23,12 +25,16 @@ from absl import flags  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from bit_diffusion import distributed  # noqa: E402
-from bit_diffusion import train  # noqa: E402
-from tests import tiny_configs  # noqa: E402
+from bit_diffusion import tasks  # noqa: E402
+from bit_diffusion import train_loop  # noqa: E402
+from bit_diffusion.captioning import evaluate as caption_evaluate  # noqa: E402
+from configs import shapes_captioning  # noqa: E402
+from configs import tiny  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
 flags.DEFINE_string('param_sharding', 'replicated', 'training.param_sharding.')
+flags.DEFINE_bool('captions', False, 'Also train and sample the tiny captioner.')
 flags.DEFINE_string('coordinator_address', '', 'HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Number of processes.')
 flags.DEFINE_integer('process_id', -1, 'This process.')
@@ -40,21 +46,32 @@ OVERRIDES = {'training.num_steps': NUM_STEPS, 'training.checkpoint_every': NUM_S
 
 
 def config(param_sharding='replicated'):
-  return tiny_configs.tiny_digits(**OVERRIDES, **{'training.param_sharding': param_sharding})
+  return tiny.tiny_digits(**OVERRIDES, **{'training.param_sharding': param_sharding})
+
+
+def caption_config():
+  """The tiny shapes captioner, 2 steps; 4 previews and 6 captions in batches of 4."""
+  return tiny.tiny_captioning(shapes_captioning, **{
+      'training.num_steps': 2, 'training.checkpoint_every': 2, 'training.log_every': 1})
 
 
 def main(_):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.pytest_cache', 'jax'))
   cfg = config(FLAGS.param_sharding)
-  state = train.train_and_evaluate(cfg, FLAGS.workdir)
-  trainer = train.Trainer(cfg)
-  iterator = trainer.create_train_iterator(0)
+  state = train_loop.train_and_evaluate(cfg, FLAGS.workdir)
+  iterator = tasks.create(cfg).train_iterator(cfg.training.batch_size, cfg.seed)
   indices = np.stack([iterator.indices_at(step) for step in range(NUM_STEPS)])
   params = [np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
             for leaf in jax.tree.leaves(state.params)]
+  captions = ''
+  if FLAGS.captions:
+    caption_workdir = os.path.join(FLAGS.workdir, 'captions')
+    train_loop.train_and_evaluate(caption_config(), caption_workdir)
+    captions = caption_evaluate.sample_from_checkpoint(caption_config(), caption_workdir)
   np.savez(FLAGS.out, indices=indices, process_count=jax.process_count(),
-           device_count=jax.device_count(), **{f'param_{i}': p for i, p in enumerate(params)})
+           device_count=jax.device_count(), captions=captions,
+           **{f'param_{i}': p for i, p in enumerate(params)})
 
 
 if __name__ == '__main__':

@@ -1,25 +1,29 @@
 """Bad input gets a clear error: each case below, and the table of messages in docs/.
 
-`python tools/bad_inputs_table.py` runs these same cases and writes docs/bad_inputs.md; the test
-`test_docs_table_is_current` fails when a message here no longer matches that table.
+`python -m tests.test_bad_inputs` runs these same cases and writes docs/bad_inputs.md; each test
+fails when its message no longer matches that table, and `test_docs_table_is_current` when a
+case was added or removed without rewriting it.
 """
 
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from bit_diffusion import analog_bits
+from bit_diffusion import engine
 from bit_diffusion import input_pipeline
+from bit_diffusion import methods
 from bit_diffusion import schedules
-from bit_diffusion import train
+from bit_diffusion import tasks
+from bit_diffusion import train_loop
 from bit_diffusion.captioning import data as caption_data
-from bit_diffusion.captioning import trainer as caption_trainer
 from configs import shapes_captioning
-from tests import tiny_configs
+from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS_TABLE = os.path.join(REPO, 'docs', 'bad_inputs.md')
@@ -39,15 +43,24 @@ def _cli(tmp, *flags):
 def _npz(tmp, **arrays):
   path = os.path.join(tmp, 'data.npz')
   np.savez(path, **arrays)
-  return tiny_configs.tiny_digits(**{'data.name': 'npz', 'data.path': path})
+  return tiny.tiny_digits(**{'data.name': 'npz', 'data.path': path})
 
 
 def _load(config):
   input_pipeline.create_source(config.data)
 
 
-def _trainer(**overrides):
-  train.Trainer(tiny_configs.tiny_digits(**overrides))
+def _method(config):
+  return methods.create(config, tasks.create(config))
+
+
+def _engine(**overrides):
+  config = tiny.tiny_digits(**overrides)
+  engine.Engine(config, _method(config))
+
+
+def _check(config, num_devices):
+  engine.check_config(config, _method(config), num_devices, 1)
 
 
 def _corrupt_folder(tmp):
@@ -56,24 +69,24 @@ def _corrupt_folder(tmp):
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, 'good.png'))
   with open(os.path.join(root, 'broken.png'), 'wb') as f:
     f.write(b'\x89PNG\r\n\x1a\n not really a png')
-  _load(tiny_configs.tiny_digits(**{'data.name': 'folder', 'data.path': os.path.dirname(root),
+  _load(tiny.tiny_digits(**{'data.name': 'folder', 'data.path': os.path.dirname(root),
                                     'data.num_bits': 8}))
 
 
 def _other_checkpoint(tmp):
   workdir = os.path.join(tmp, 'run')
-  train.train_and_evaluate(tiny_configs.tiny_digits(**{'training.num_steps': 2}), workdir)
-  train.train_and_evaluate(tiny_configs.tiny_digits(**{'model.base_channels': 32}), workdir)
+  train_loop.train_and_evaluate(tiny.tiny_digits(**{'training.num_steps': 2}), workdir)
+  train_loop.train_and_evaluate(tiny.tiny_digits(**{'model.base_channels': 32}), workdir)
 
 
 def _unwritable_workdir(tmp):
   blocker = os.path.join(tmp, 'file')
   open(blocker, 'w').close()
-  train.train_and_evaluate(tiny_configs.tiny_digits(), os.path.join(blocker, 'run'))
+  train_loop.train_and_evaluate(tiny.tiny_digits(), os.path.join(blocker, 'run'))
 
 
 def _missing_cifar10(tmp):
-  config = tiny_configs.tiny_cifar10()
+  config = tiny.tiny_cifar10()
   config.data.data_dir = os.path.join(tmp, 'tfds')
   config.data.download = False
   _load(config)
@@ -91,13 +104,13 @@ def _not_a_tokenizer(tmp):
 def _too_few_token_bits(tmp):
   config = shapes_captioning.get_config()
   config.data.num_bits = 3
-  caption_trainer.CaptionTrainer(config)
+  _method(config)
 
 
 def _object_array_npz(tmp):
   path = os.path.join(tmp, 'data.npz')
   np.savez(path, images=np.array([object()] * 4, dtype=object))
-  _load(tiny_configs.tiny_digits(**{'data.name': 'npz', 'data.path': path}))
+  _load(tiny.tiny_digits(**{'data.name': 'npz', 'data.path': path}))
 
 
 # (what the user did wrong, how to trigger it given a temporary folder, the exception type).
@@ -109,19 +122,19 @@ CASES = [
     ('Unknown bit encoding', lambda t: analog_bits.BitCodec(8, 'grey'), ValueError),
     ('Bit width outside 1..16', lambda t: analog_bits.BitCodec(17), ValueError),
     ('Bit width too small for the data (digits need 5 bits)',
-     lambda t: _load(tiny_configs.tiny_digits(**{'data.num_bits': 4})), ValueError),
+     lambda t: _load(tiny.tiny_digits(**{'data.num_bits': 4})), ValueError),
     ('Unknown noise schedule', lambda t: schedules.get_gamma_fn('cosin'), ValueError),
     ('Image size not divisible by the U-Net downsampling',
-     lambda t: _trainer(**{'data.image_size': 10, 'model.channel_multipliers': (1, 2, 2)}),
+     lambda t: _engine(**{'data.image_size': 10, 'model.channel_multipliers': (1, 2, 2)}),
      ValueError),
     ('Attention resolution that never occurs',
-     lambda t: _trainer(**{'model.attention_resolutions': (16,)}), ValueError),
+     lambda t: _engine(**{'model.attention_resolutions': (16,)}), ValueError),
     ('Global batch not divisible by the devices',
-     lambda t: train.check_config(tiny_configs.tiny_digits(**{'training.batch_size': 15}), 2, 1),
+     lambda t: _check(tiny.tiny_digits(**{'training.batch_size': 15}), 2),
      ValueError),
     ('Guidance asked of a model trained without label dropout',
-     lambda t: train.check_config(tiny_configs.tiny_digits(
-         **{'sampling.guidance': 1.0, 'diffusion.label_dropout': 0.0}), 1, 1), ValueError),
+     lambda t: _check(tiny.tiny_digits(
+         **{'sampling.guidance': 1.0, 'diffusion.label_dropout': 0.0}), 1), ValueError),
     ('Class-conditional training on unlabelled data',
      lambda t: _load(_npz(t, images=np.zeros((4, 8, 8, 1), np.uint8))), ValueError),
     ('Data of the wrong image shape',
@@ -133,7 +146,7 @@ CASES = [
      lambda t: _load(_npz(t, images=np.full((4, 8, 8, 1), 40, np.int32),
                           labels=np.zeros(4, np.int32))), ValueError),
     ('An .npz holding pickled objects', _object_array_npz, ValueError),
-    ('Missing .npz file', lambda t: _load(tiny_configs.tiny_digits(
+    ('Missing .npz file', lambda t: _load(tiny.tiny_digits(
         **{'data.name': 'npz', 'data.path': os.path.join(t, 'nope.npz')})), FileNotFoundError),
     ('Corrupt image in a folder dataset', _corrupt_folder, ValueError),
     ('Dataset not prepared and no network (TFDS cifar10)', _missing_cifar10, FileNotFoundError),
@@ -141,6 +154,12 @@ CASES = [
     ('Workdir that cannot be written', _unwritable_workdir, PermissionError),
     ('Caption tokenizer file that is not a SentencePiece model', _not_a_tokenizer, ValueError),
     ('Bit width too small for the caption vocabulary', _too_few_token_bits, ValueError),
+    ('Image-only field set on a captioning config', lambda t: _cli(
+        t, '--config=configs/shapes_captioning.py', '--config.sampling.guidance=1.0'),
+     RuntimeError),
+    ('Diffusion field set on the autoregressive baseline', lambda t: _cli(
+        t, '--config=configs/shapes_captioning_ar.py', '--config.sampling.steps=10'),
+     RuntimeError),
 ]
 
 
@@ -167,12 +186,33 @@ def _documented_messages() -> dict[str, str]:
 @pytest.mark.parametrize('index', range(len(CASES)), ids=[c[0] for c in CASES])
 def test_bad_input_gets_the_documented_message(index, tmp_path):
   message = run_case(index, str(tmp_path))
-  assert len(message) > 30
   documented = _documented_messages()
   assert documented.get(CASES[index][0]) == message, (
-      'The message changed: run `python tools/bad_inputs_table.py` to update docs/bad_inputs.md.')
+      'The message changed: run `python -m tests.test_bad_inputs` to update docs/bad_inputs.md.')
 
 
 def test_docs_table_is_current():
-  assert set(_documented_messages()) == {c[0] for c in CASES}
-  assert len(CASES) >= 15
+  assert list(_documented_messages()) == [c[0] for c in CASES]
+
+
+def write_docs_table() -> None:
+  """Runs every case and writes docs/bad_inputs.md (the messages, as users see them)."""
+  lines = ['# Bad inputs and the messages they get', '',
+           'Generated by `python -m tests.test_bad_inputs` from the cases in',
+           '`tests/test_bad_inputs.py`, which fails when a message changes. `<tmp>` stands for '
+           'the folder of the case. Every error is raised before anything is trained or '
+           'overwritten.', '', '| # | bad input | message |', '| --- | --- | --- |']
+  for index, (title, _, _) in enumerate(CASES):
+    with tempfile.TemporaryDirectory() as tmp:
+      message = run_case(index, tmp)
+    cell = message.replace('|', '\\|')
+    cell = f'`` {cell} ``' if '`' in cell else f'`{cell}`'  # Markdown code, backticks inside.
+    lines.append(f'| {index + 1} | {title} | {cell} |')
+    print(f'{index + 1}. {title}: {message}', file=sys.stderr)
+  with open(DOCS_TABLE, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  write_docs_table()

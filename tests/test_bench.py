@@ -1,13 +1,64 @@
-"""benchmarks/bench.py end to end: a quick run of a tiny digits model in a subprocess."""
+"""benchmarks/bench.py: its config overrides, and end to end a quick run of a tiny digits model
+in a subprocess."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+
+import bench  # noqa: E402
+import bench_peer  # noqa: E402
+
+from bit_diffusion import engine  # noqa: E402
+from bit_diffusion import methods  # noqa: E402
+from bit_diffusion import tasks  # noqa: E402
+
+
+def test_overrides_change_only_their_case_after_tiny():
+  args = bench.parse_args(['--tiny', '--override=cifar10_small.cpu.sampler_microbatch_size=4',
+                           '--override=digits.model.head_dim=32',
+                           '--override=digits.training.batch_size=8'])
+  cifar = bench.build_config('cifar10_small', args)
+  assert cifar.cpu.sampler_microbatch_size == 4 and cifar.model.head_dim == 64
+  assert cifar.model.base_channels == 16 and cifar.model.attention_resolutions == ()
+  digits = bench.build_config('digits', args)
+  assert digits.model.head_dim == 32 and digits.cpu.sampler_microbatch_size == 0
+  assert digits.training.batch_size == 8  # An override wins over --tiny's batch cap of 16.
+
+
+@pytest.mark.parametrize('override', ['digits.model.num_heads=1',  # Renamed: head_dim.
+                                      'digits.sampling.microbatch_size=4'])  # Now in cpu.
+def test_override_of_a_missing_field_fails(override):
+  args = bench.parse_args([f'--override={override}'])
+  with pytest.raises(KeyError):
+    bench.build_config('digits', args)
+
+
+@pytest.mark.parametrize('override', ['mnist.model.base_channels=8', 'model.base_channels=8',
+                                      'digits.model.base_channels', 'digits.=8'])
+def test_override_without_case_field_and_value_is_rejected(override):
+  with pytest.raises(SystemExit):
+    bench.parse_args([f'--override={override}'])
+
+
+def test_peer_config_names_existing_fields_and_has_35m_parameters():
+  """bench_peer.py's overrides of our side: every field exists, and the U-Net stays in the
+  port's parameter-count family (35.2M against its 36.4M), as its docstring says."""
+  overrides = list(bench_peer.OURS) + [
+      f'cpu.sampler_microbatch_size={bench_peer.SAMPLE_MICROBATCH}']
+  args = bench.parse_args([f'--override={bench_peer.CASE}.{o}' for o in overrides])
+  config = bench.build_config(bench_peer.CASE, args)
+  assert config.model.head_dim == 256  # One head over the 256 channels at 16x16, as DDPM.
+  method = methods.create(config, tasks.create(config))
+  engine.check_config(config, method, num_devices=1, process_count=1)
+  _, params = engine.abstract_network(method)
+  assert round(sum(x.size for x in jax.tree.leaves(params)) / 1e6, 1) == 35.2
 
 
 def _assert_positive(section, keys):

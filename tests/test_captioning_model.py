@@ -14,16 +14,17 @@ SIZES = dict(max_length=10, image_size=16, patch_size=8, encoder_width=32, encod
 
 
 def test_diffusion_captioner_shapes():
-  net = model.DiffusionCaptioner(num_bits=7, **SIZES, rngs=nnx.Rngs(0))
+  net = model.DiffusionCaptioner(in_channels=14, out_channels=7, **SIZES, rngs=nnx.Rngs(0))
   x = jnp.ones((3, 10, 14))  # Noisy bits ++ self-conditioning: [B, L, 2k].
   images = jnp.zeros((3, 16, 16, 3), jnp.int32)
   out = nnx.jit(lambda n, *args: n(*args))(net, x, jnp.full((3,), 0.5), images)
   assert out.shape == (3, 10, 7)
-  assert nnx.eval_shape(lambda n: n.encode(images), net).shape == (3, 4, 32)  # (16/8)^2 tokens.
+  tokens = nnx.eval_shape(lambda n: n.encode_condition(images), net)
+  assert tokens.shape == (3, 4, 32)  # (16/8)^2 image tokens.
 
 
 def test_diffusion_decoder_is_non_causal_and_ar_decoder_is_causal():
-  net = model.DiffusionCaptioner(num_bits=3, **SIZES, rngs=nnx.Rngs(0))
+  net = model.DiffusionCaptioner(in_channels=6, out_channels=3, **SIZES, rngs=nnx.Rngs(0))
   net.bits_out.kernel[...] = jax.random.normal(jax.random.PRNGKey(1), (24, 3))
   images = jnp.zeros((1, 16, 16, 3), jnp.int32)
   x = jax.random.normal(jax.random.PRNGKey(2), (1, 10, 6))
@@ -77,7 +78,7 @@ def _vit_npz(path, net, layout):
 
 @pytest.mark.parametrize('layout', [0, 1], ids=['big_vision', 'augreg'])
 def test_load_pretrained_vit(tmp_path, layout):
-  net = model.DiffusionCaptioner(num_bits=7, **SIZES, rngs=nnx.Rngs(0))
+  net = model.DiffusionCaptioner(in_channels=14, out_channels=7, **SIZES, rngs=nnx.Rngs(0))
   path = str(tmp_path / 'vit.npz')
   expected = _vit_npz(path, net, layout)
   params = nnx.state(net, nnx.Param)
@@ -90,8 +91,8 @@ def test_load_pretrained_vit(tmp_path, layout):
     np.testing.assert_array_equal(node, value, err_msg=key)
   np.testing.assert_array_equal(loaded['decoder']['pos_embedding'], decoder_before)
 
-  wider = model.DiffusionCaptioner(num_bits=7, **{**SIZES, 'encoder_width': 16},
-                                   rngs=nnx.Rngs(0))
+  wider = model.DiffusionCaptioner(in_channels=14, out_channels=7,
+                                   **{**SIZES, 'encoder_width': 16}, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='encoder_width'):
     vit_checkpoint.load_into(nnx.state(wider, nnx.Param), path)
 
@@ -100,8 +101,8 @@ def test_paper_config_sizes():
   """configs/coco_captioning.py: a ViT-B/16 encoder (86M at 384x384) and the 6 x 512 decoder."""
   from configs import coco_captioning
   config = coco_captioning.get_config()
-  net = nnx.eval_shape(lambda: model.DiffusionCaptioner(
-      num_bits=15, **model.model_kwargs(config), rngs=nnx.Rngs(0)))  # Nothing allocated.
+  net = nnx.eval_shape(lambda: model.DiffusionCaptioner(  # Shapes only: nothing allocated.
+      in_channels=30, out_channels=15, **model.model_kwargs(config), rngs=nnx.Rngs(0)))
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   params = nnx.state(net, nnx.Param)
   assert 85.5e6 < count(params['encoder']) < 86.5e6

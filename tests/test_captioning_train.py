@@ -5,49 +5,21 @@ import os
 
 import pytest
 
+from bit_diffusion import engine
+from bit_diffusion import generation
 from bit_diffusion.captioning import evaluate
 from bit_diffusion.captioning import scoring
-from bit_diffusion.captioning import trainer as trainer_lib
 from configs import shapes_captioning
 from configs import shapes_captioning_ar
-from tests import tiny_configs
-
-
-def tiny(config_module, **overrides):
-  """A shapes captioning config with 16x16 images, a 1-layer encoder and decoder of width 32."""
-  config = config_module.get_config()
-  config.data.image_size = 16
-  config.model.patch_size = 8
-  config.data.prefetch = 0
-  for field, value in dict(encoder_width=32, encoder_depth=1, encoder_mlp_dim=64,
-                           encoder_heads=2, width=32, depth=1, mlp_dim=64, num_heads=2).items():
-    config.model[field] = value
-  config.training.batch_size = 16
-  config.training.num_steps = 40
-  config.training.log_every = 20
-  config.training.checkpoint_every = 40
-  config.training.sample_every = 0
-  config.training.num_grid_samples = 4
-  config.training.compilation_cache = False  # The tests' own cache is set in conftest.
-  config.optimizer.warmup_steps = 5
-  config.sampling.steps = 3
-  config.sampling.num_samples = 6
-  config.sampling.batch_size = 4
-  config.eval.num_images = 6
-  config.eval.sweep_steps = (2,)
-  config.eval.sweep_td = (0.0, 1.0)
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
-  return config
+from configs import tiny
+from tests import recording
 
 
 @pytest.fixture(scope='module')
 def diffusion_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('caption_diffusion'))
-  config = tiny(shapes_captioning)
-  state, losses = tiny_configs.train_recording_losses(
-      config, workdir, trainer_lib.trainer_class(config))
+  config = tiny.tiny_captioning(shapes_captioning)
+  state, losses = recording.train_recording_losses(config, workdir)
   return config, workdir, state, losses
 
 
@@ -66,16 +38,28 @@ def test_sample_mode_writes_coco_results(diffusion_run):
   assert os.path.basename(path) == 'results_40_ddim3_td2.json'
   with open(path) as f:
     results = json.load(f)
-  assert len(results) == 6
-  assert all(isinstance(r['image_id'], int) and isinstance(r['caption'], str) for r in results)
+  # One result per held-out image, in order, each caption the text of the sampled token ids.
+  model = generation.load(config, workdir)
+  source = model.task.eval_source()
+  assert [r['image_id'] for r in results] == [int(i) for i in source.get(range(6))['image_ids']]
+  _, predictions, _ = evaluate.caption_source(model, source, 6,
+                                              engine.seed_key(config.seed, 'sample'))
+  assert [r['caption'] for r in results] == predictions
 
 
 def test_eval_mode_sweeps_steps_and_td(diffusion_run):
   config, workdir, _, _ = diffusion_run
   output = evaluate.evaluate_checkpoint(config, workdir)
   assert [r['setting'] for r in output['results']] == ['ddim2_td0', 'ddim2_td1']
-  for row in output['results']:
-    assert 0 <= row['bleu4'] <= 1 and 0 <= row['exact_match'] <= 1 and row['cider'] >= 0
+  # Each row scores the captions of its own setting: regenerate them and score them here.
+  model = generation.load(config, workdir)
+  for row, td in zip(output['results'], (0.0, 1.0)):
+    _, predictions, references = evaluate.caption_source(
+        model, model.task.eval_source(), 6, engine.seed_key(config.seed, 'eval_samples'),
+        steps=2, td=td)
+    assert len(predictions) == output['num_images'] == 6
+    expected = scoring.score(predictions, references)
+    assert {k: row[k] for k in expected} == expected
   with open(os.path.join(workdir, 'eval', 'captions_40.json')) as f:
     assert json.load(f) == output
   with open(os.path.join(workdir, 'eval', 'captions_40.md')) as f:
@@ -83,10 +67,9 @@ def test_eval_mode_sweeps_steps_and_td(diffusion_run):
 
 
 def test_autoregressive_baseline_trains_and_scores(tmp_path):
-  config = tiny(shapes_captioning_ar, **{'training.num_steps': 4, 'training.log_every': 2,
-                                         'training.checkpoint_every': 4})
-  state, losses = tiny_configs.train_recording_losses(
-      config, str(tmp_path), trainer_lib.trainer_class(config))
+  config = tiny.tiny_captioning(shapes_captioning_ar, **{
+      'training.num_steps': 4, 'training.log_every': 2, 'training.checkpoint_every': 4})
+  state, losses = recording.train_recording_losses(config, str(tmp_path))
   assert int(state.step) == 4 and losses[-1] < losses[0]
   output = evaluate.evaluate_checkpoint(config, str(tmp_path))
   assert [r['setting'] for r in output['results']] == ['greedy']

@@ -7,8 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from bit_diffusion import train
-from tests import tiny_configs
+from bit_diffusion import engine
+from bit_diffusion import methods
+from bit_diffusion import tasks
+from configs import tiny
 
 # Four variants cover every option value once (each variant costs one compile).
 VARIANTS = {
@@ -20,7 +22,7 @@ VARIANTS = {
         'bits.encoding': 'gray', 'diffusion.loss': 'logistic', 'diffusion.schedule': 'sigmoid',
         'diffusion.schedule_start': -3.0, 'diffusion.schedule_end': 3.0,
         'diffusion.schedule_tau': 0.9, 'optimizer.weight_decay': 0.01, 'model.dropout': 0.1,
-        'optimizer.grad_clip_norm': 0.0, 'model.num_heads': 2, 'data.random_flip': True},
+        'optimizer.grad_clip_norm': 0.0, 'model.head_dim': 16, 'data.random_flip': True},
     'onehot_eps_cosine_tau': {
         'bits.encoding': 'onehot', 'bits.scale': 0.5, 'diffusion.prediction': 'eps',
         'diffusion.schedule': 'cosine_tau', 'diffusion.schedule_start': 0.2,
@@ -33,8 +35,8 @@ VARIANTS = {
 
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_variant_takes_a_finite_training_step(name):
-  config = tiny_configs.tiny_digits(**VARIANTS[name])
-  trainer = train.Trainer(config)
+  config = tiny.tiny_digits(**VARIANTS[name])
+  trainer = engine.Engine(config, methods.create(config, tasks.create(config)))
   state = trainer.init_state(jax.random.PRNGKey(0))
   images = np.random.RandomState(0).randint(0, 17, (16, 8, 8, 1)).astype(np.int32)
   batch = trainer.global_batch({'images': images, 'labels': np.arange(16, dtype=np.int32) % 10})

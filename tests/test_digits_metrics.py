@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bit_diffusion import engine
 from bit_diffusion import evaluate
 from bit_diffusion import input_pipeline
-from bit_diffusion import train
+from bit_diffusion import train_loop
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import fid
-from tests import tiny_configs
+from configs import tiny
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,13 +28,13 @@ def cache_dir(tmp_path_factory):
 
 
 def _digits_config(cache_dir, **overrides):
-  return tiny_configs.tiny_digits(**{'eval.cache_dir': cache_dir, 'eval.num_samples': 40,
-                                     'training.num_steps': 2, **overrides})
+  return tiny.tiny_digits(**{'eval.cache_dir': cache_dir, 'eval.num_samples': 40,
+                             'training.num_steps': 2, **overrides})
 
 
 def test_real_digits_score_better_than_blurred_or_noisy(cache_dir):
   config = _digits_config(cache_dir)
-  mesh = train.create_mesh()
+  mesh = engine.create_mesh()
   extractor = features.Extractor(features.create_feature_net(config.eval), mesh, 1000)
   reference = features.reference_statistics(config, extractor, 16)
   source, _ = input_pipeline.create_source(config.data)
@@ -100,7 +101,7 @@ def test_features_do_not_depend_on_the_device_split(cache_dir):
 def test_eval_mode_reports_sample_metrics_beside_the_floor(cache_dir, tmp_path, capsys):
   workdir = str(tmp_path)
   config = _digits_config(cache_dir, **{'eval.num_batches': 0})
-  train.train_and_evaluate(config, workdir)
+  train_loop.train_and_evaluate(config, workdir)
   results = evaluate.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval', 'metrics_2.json')) as f:
     assert json.load(f) == results

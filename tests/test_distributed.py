@@ -1,6 +1,7 @@
 """One code path for 1 device, 8 devices, FSDP and 2 processes: the same training, bit for bit
 up to float reduction order."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,11 @@ import numpy as np
 import pytest
 
 from bit_diffusion import checkpointing
-from bit_diffusion import train
+from bit_diffusion import engine
+from bit_diffusion import methods
+from bit_diffusion import tasks
+from bit_diffusion import train_loop
+from bit_diffusion.captioning import evaluate as caption_evaluate
 from tests import distributed_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +62,7 @@ def _params(result):
 def single_device(tmp_path_factory):
   """The reference: the same config trained in this process on one device."""
   workdir = tmp_path_factory.mktemp('single')
-  state = train.train_and_evaluate(distributed_worker.config(), str(workdir))
+  state = train_loop.train_and_evaluate(distributed_worker.config(), str(workdir))
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
 
@@ -76,7 +81,7 @@ def test_eight_devices_and_fsdp_match_one_device(single_device, tmp_path):
 
 
 def test_two_processes_match_one_process(single_device, tmp_path):
-  first, second = _run_workers(tmp_path, 'two', 2, 1)
+  first, second = _run_workers(tmp_path, 'two', 2, 1, '--captions')
   assert int(first['process_count']) == 2 and int(first['device_count']) == 2
   for a, b in zip(_params(first), _params(second)):  # Both processes hold the same weights.
     np.testing.assert_array_equal(a, b)
@@ -88,7 +93,21 @@ def test_two_processes_match_one_process(single_device, tmp_path):
   # A one-process run restores the checkpoint the two processes wrote.
   config = distributed_worker.config()
   manager = checkpointing.create_manager(str(tmp_path / 'two'), 3)
-  state, step = train.Trainer(config).restore(manager)
+  state, step = engine.Engine(config, methods.create(config, tasks.create(config))).restore(
+      manager)
   assert step == distributed_worker.NUM_STEPS
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), _params(first)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+  # Captions sampled by two processes (the one generation loop, gathered) are those that one
+  # process samples from the same checkpoint.
+  path = str(first['captions'])
+  with open(path) as f:
+    two_processes = json.load(f)
+  os.rename(path, path + '.two_processes')
+  one_process_path = caption_evaluate.sample_from_checkpoint(
+      distributed_worker.caption_config(), str(tmp_path / 'two' / 'captions'))
+  with open(one_process_path) as f:
+    one_process = json.load(f)
+  assert len(two_processes) == 6
+  assert two_processes == one_process

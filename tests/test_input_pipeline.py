@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bit_diffusion import batches
 from bit_diffusion import input_pipeline
 from configs import default
 
@@ -31,7 +32,7 @@ def _decode(batch):
 
 def _iterator(source, **kwargs):
   kwargs = {'global_batch_size': 8, 'seed': 3, 'random_flip': True, **kwargs}
-  return input_pipeline.BatchIterator(source, **kwargs)
+  return batches.BatchIterator(source, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bit_diffusion import checkpointing
-from bit_diffusion import train
-from tests import tiny_configs
+from bit_diffusion import engine
+from bit_diffusion import methods
+from bit_diffusion import tasks
+from bit_diffusion import train_loop
+from bit_diffusion.tasks import images
+from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +28,7 @@ def _start(workdir, log_path, **overrides):
   """Starts main.py on the tiny digits config in a subprocess; its log goes to log_path."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   command = [sys.executable, 'main.py', f'--workdir={workdir}',
-             *tiny_configs.tiny_digits_flags(**overrides)]
+             *tiny.tiny_digits_flags(**overrides)]
   log = open(log_path, 'a')
   return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -53,7 +57,7 @@ KILL_RUN = {'training.num_steps': 40, 'training.checkpoint_every': 4, 'training.
 
 
 def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
-  straight = train.train_and_evaluate(tiny_configs.tiny_digits(**KILL_RUN),
+  straight = train_loop.train_and_evaluate(tiny.tiny_digits(**KILL_RUN),
                                       str(tmp_path / 'straight'))
   workdir, log_path = str(tmp_path / 'killed'), str(tmp_path / 'killed.log')
   rng = random.Random(0)
@@ -86,7 +90,8 @@ def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
       kills += 1
   assert kills >= 5 and kills_during_save >= 1, (kills, kills_during_save)
 
-  trainer = train.Trainer(tiny_configs.tiny_digits(**KILL_RUN))
+  config = tiny.tiny_digits(**KILL_RUN)
+  trainer = engine.Engine(config, methods.create(config, tasks.create(config)))
   manager = checkpointing.create_manager(workdir, 20)
   assert manager.latest_step() == 40
   for step in manager.all_steps():  # Every checkpoint left on disk restores.
@@ -114,40 +119,42 @@ def test_sigterm_saves_at_the_step_reached_and_exits_cleanly(tmp_path):
   assert checkpointing.create_manager(workdir, 3).all_steps() == [saved]
 
 
-class _PoisonedTrainer(train.Trainer):
+class _PoisonedTask(images.ImageTask):
   """Feeds NaN bits at one step, as a diverging model would produce NaN losses."""
   POISON_STEP = 6  # The batch of step index 6, i.e. the 7th step.
 
-  def create_train_iterator(self, start_step):
-    iterator = super().create_train_iterator(start_step)
+  def train_iterator(self, batch_size, seed, start_step=0):
+    iterator = super().train_iterator(batch_size, seed, start_step)
     original = iterator.batch_at
 
     def batch_at(step):
       batch = original(step)
       if step == self.POISON_STEP:
-        batch['labels'] = np.full_like(batch['labels'], -1)
+        batch['images'] = np.full_like(batch['images'], -1)
       return batch
     iterator.batch_at = batch_at
     return iterator
 
-  def encode_batch(self, batch):
-    bits, labels = super().encode_batch(batch)
-    poisoned = jnp.any(batch['labels'] < 0)
-    return jnp.where(poisoned, jnp.nan, bits), jnp.maximum(labels, 0)
+
+class _NaNOnNegative(methods.bit_diffusion.BitDiffusion):
+  """Bit Diffusion whose bits are NaN where the (poisoned) data is negative."""
+
+  def encode(self, data):
+    return jnp.where(jnp.any(data < 0), jnp.nan, super().encode(jnp.maximum(data, 0)))
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_configs.tiny_digits(**{'training.num_steps': 10, 'training.log_every': 100,
-                                       'training.checkpoint_every': 2,
-                                       'training.max_checkpoints': 10})
+  config = tiny.tiny_digits(**{'training.num_steps': 10, 'training.log_every': 100,
+                               'training.checkpoint_every': 2, 'training.max_checkpoints': 10})
+  method = _NaNOnNegative(config, _PoisonedTask(config))
   try:
-    train.train_and_evaluate(config, str(tmp_path), trainer_class=_PoisonedTrainer)
+    train_loop.train_and_evaluate(config, str(tmp_path), method=method)
     raise AssertionError('Training went on past a NaN loss.')
   except FloatingPointError as e:
     message = str(e)
   assert 'NaN or Inf at step 7' in message and 'last good checkpoint (step 6)' in message
   manager = checkpointing.create_manager(str(tmp_path), 10)
   assert manager.all_steps() == [2, 4, 6]  # Nothing was saved from step 8 on.
-  state, _ = _PoisonedTrainer(config).restore(manager, 6)
+  state, _ = engine.Engine(config, method).restore(manager, 6)
   assert int(state.first_nonfinite_step) == -1
   assert all(np.isfinite(p).all() for p in _params(state))

@@ -39,12 +39,34 @@ def test_oracle_reproduces_the_data(sampler, variance, self_condition, td):
 
 @pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])
 def test_exact_oracle_ends_at_the_data(sampler):
+  # The last step goes to t = 0, where the linear schedule has gamma = 1: both samplers land on
+  # the oracle's x0 whatever the noise.
   oracle = lambda x, gamma, self_cond: BITS
-  x0, x = _sample(oracle, gamma_fn=schedules.linear_gamma, steps=5, sampler=sampler, td=1.0,
-                  ddpm_variance='small')
-  np.testing.assert_array_equal(x0, BITS)
-  # At t = 0 (gamma = 1 for the linear schedule) both samplers land exactly on x0.
+  _, x = _sample(oracle, gamma_fn=schedules.linear_gamma, steps=5, sampler=sampler, td=1.0,
+                 ddpm_variance='small')
   np.testing.assert_allclose(x, BITS, atol=1e-5)
+
+
+@pytest.mark.parametrize('steps', [2, 7])
+def test_ddim_with_the_exact_oracle_keeps_the_initial_noise(steps):
+  # With the true x0, DDIM keeps the implied noise: from x_1 = z (gamma(1) = 0) it moves along
+  # x_t = sqrt(gamma(t)) x0 + sqrt(1 - gamma(t)) z, whatever the steps. Here gamma(0) = 0.64, so
+  # it ends at 0.8 x0 + 0.6 z, and one step from t = 1 to t = 0 computes exactly that. (Not with
+  # td > 0: it tells the network a noisier gamma than the state's, which moves off this path.)
+  gamma_fn = lambda t: 0.64 * (1.0 - t)
+  oracle = lambda x, gamma, self_cond: BITS
+  _, one_step = _sample(oracle, gamma_fn=gamma_fn, steps=1)
+  z = (one_step - 0.8 * BITS) / 0.6
+  assert 0.7 < float(jnp.std(z)) < 1.3 and abs(float(jnp.mean(z))) < 0.3  # Noise, not data.
+  _, x = _sample(oracle, gamma_fn=gamma_fn, steps=steps)
+  np.testing.assert_allclose(x, 0.8 * BITS + 0.6 * z, atol=1e-5)
+
+
+def test_ddim_step_by_hand():
+  # x_t = 1, x0 = 0.5, gamma 0.36 -> 0.64: eps = (1 - 0.6 * 0.5) / 0.8 = 0.875,
+  # x' = 0.8 * 0.5 + 0.6 * 0.875 = 0.925.
+  assert float(samplers.ddim_step(jnp.float32(1.0), jnp.float32(0.5), 0.36, 0.64)) == (
+      pytest.approx(0.925, abs=1e-6))
 
 
 def test_ddim_step_keeps_the_noise():
@@ -90,19 +112,61 @@ def test_sampler_is_one_compiled_loop():
   assert len(str(jaxpr)) < 20_000  # Not unrolled over 100 steps.
 
 
-def test_guidance_combines_conditional_and_unconditional():
-  labels = jnp.array([2, 0])
+GUIDED_LABELS = jnp.array([2, 0])
+NULL = 5
+# Raw network outputs per label (the stub network below): 1.2 for the labels, 1.6 for the null.
+RAW = {2: 1.2, 0: 1.2, NULL: 1.6}
 
-  def x0_fn(x, gamma, self_cond, labels):  # The estimate is 0.1 * label, per example.
-    return jnp.broadcast_to((0.1 * labels)[:, None], x.shape)
 
-  guided = samplers.guided_x0_fn(x0_fn, labels, null_label=5, guidance=1.5, scale=1.0)
-  out = guided(jnp.zeros((2, 3)), jnp.ones((2,)), jnp.zeros((2, 3)))
-  # (1 + w) * 0.1 * label - w * 0.1 * 5, clipped to [-1, 1].
-  np.testing.assert_allclose(out[:, 0], np.clip(2.5 * 0.1 * np.array([2, 0]) - 0.75, -1, 1),
-                             atol=1e-6)
-  plain = samplers.guided_x0_fn(x0_fn, labels, null_label=5, guidance=0.0, scale=1.0)
-  np.testing.assert_allclose(plain(jnp.zeros((2, 3)), None, None)[:, 0], [0.2, 0.0])
+def _stub_output_fn(calls):
+  """output_fn whose raw output is RAW[label] everywhere; records the batch of each call."""
+  def output_fn(x, gamma, self_cond, labels):
+    calls.append(x.shape[0])
+    assert gamma.shape == (x.shape[0],) and self_cond.shape == x.shape
+    values = jnp.select([labels == k for k in RAW], list(RAW.values()))
+    return jnp.broadcast_to(values[:, None], x.shape)
+  return output_fn
+
+
+@pytest.mark.parametrize('prediction', ['x0', 'eps'])
+def test_guidance_combines_raw_outputs_then_clips_once(prediction):
+  """(1 + w) c - w u on the raw outputs, then x0 and one clip (Ho & Salimans 2022; pix2seq)."""
+  to_x0 = diffusion.Diffusion(codec=CODEC, prediction=prediction).clipped_x0  # Clips to [-1, 1].
+  w, c, u = 1.0, RAW[2], RAW[NULL]
+  x = jnp.array([[0.3, -0.2], [1.0, 0.5]])
+  gamma = jnp.array([0.81, 0.36])
+  calls = []
+  guided = samplers.guided_x0_fn(_stub_output_fn(calls), to_x0, GUIDED_LABELS, NULL, w)
+  out = np.asarray(guided(x, gamma, jnp.zeros_like(x)))
+  assert calls == [4]  # One pass over cond and uncond together (2B).
+
+  combined = (1 + w) * c - w * u  # 0.8.
+  x_np, g = np.asarray(x), np.asarray(gamma)[:, None]
+  if prediction == 'x0':
+    x0 = lambda raw: np.full_like(x_np, raw)
+  else:  # x0 = (x_t - sqrt(1 - gamma) eps) / sqrt(gamma), from the un-doubled x_t and gamma.
+    x0 = lambda raw: (x_np - np.sqrt(1 - g) * raw) / np.sqrt(g)
+  np.testing.assert_allclose(out, np.clip(x0(combined), -1, 1), atol=1e-6)
+  # Clipping each branch first, then combining and clipping again, gives something else here:
+  # for x0 prediction clip(2 * clip(1.2) - clip(1.6)) = 1, not 0.8.
+  old = np.clip((1 + w) * np.clip(x0(c), -1, 1) - w * np.clip(x0(u), -1, 1), -1, 1)
+  assert np.max(np.abs(out - old)) > 0.1
+
+
+def test_without_guidance_one_conditional_pass():
+  to_x0 = diffusion.Diffusion(codec=CODEC).clipped_x0
+  x, gamma = jnp.zeros((2, 3)), jnp.ones((2,))
+  for labels, guidance in [(GUIDED_LABELS, 0.0), (None, 2.0)]:
+    calls, seen = [], []
+    output_fn = _stub_output_fn(calls)
+
+    def recording(x, gamma, self_cond, labels, output_fn=output_fn, seen=seen):
+      seen.append(labels)
+      return output_fn(x, gamma, self_cond, GUIDED_LABELS if labels is None else labels)
+
+    out = samplers.guided_x0_fn(recording, to_x0, labels, NULL, guidance)(x, gamma, x)
+    assert calls == [2] and seen[0] is labels
+    np.testing.assert_allclose(out, 1.0)  # clip(1.2): the conditional output alone, clipped.
 
 
 @pytest.mark.parametrize('kwargs,match', [

@@ -31,11 +31,24 @@ def test_cosine_is_the_papers_formula():
 
 
 def test_linear_and_tau_schedules_shapes():
-  np.testing.assert_allclose(schedules.linear_gamma(jnp.array([0.0, 0.3, 1.0])), [1.0, 0.7, 0.0])
+  np.testing.assert_allclose(schedules.linear_gamma(jnp.array([0.0, 0.3, 0.9])), [1.0, 0.7, 0.1],
+                             rtol=1e-6)
   plain = schedules.get_gamma_fn('cosine_tau')
   np.testing.assert_allclose(plain(jnp.array([0.5])), [0.5], atol=1e-6)
   steeper = schedules.get_gamma_fn('cosine_tau', tau=2.0)
   assert float(steeper(jnp.array(0.5))) < 0.5  # A larger tau removes signal sooner.
+
+
+@pytest.mark.parametrize('name,kwargs', ALL)
+def test_gamma_never_reaches_zero(name, kwargs):
+  """As the authors' code: gamma is clipped at 1e-9 (the plain cosine ends at ~6e-9 by itself),
+  so sqrt(gamma) and an eps prediction's x0 = (x_t - sqrt(1 - gamma) eps) / sqrt(gamma) stay
+  finite at t = 1."""
+  gamma = float(schedules.get_gamma_fn(name, **kwargs)(jnp.array(1.0)))
+  if name == 'cosine':
+    assert gamma == pytest.approx(6.2e-9, rel=0.02)
+  else:
+    assert gamma == pytest.approx(1e-9, rel=1e-6)
 
 
 @pytest.mark.parametrize('name,kwargs,match', [

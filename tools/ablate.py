@@ -33,8 +33,10 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from bit_diffusion import checkpointing  # noqa: E402
+from bit_diffusion import config_overrides  # noqa: E402
 from bit_diffusion import evaluate  # noqa: E402
-from bit_diffusion import train  # noqa: E402
+from bit_diffusion import generation  # noqa: E402
+from bit_diffusion import train_loop  # noqa: E402
 from configs import digits  # noqa: E402
 
 flags.DEFINE_string('workdir', 'runs/ablate', 'Where the variants train and results go.')
@@ -76,10 +78,7 @@ def make_config(overrides: dict, demo: bool = False):
     config.training.checkpoint_every = FLAGS.steps
     config.training.sample_every = 0  # One grid at the end.
   config.eval.num_samples = FLAGS.num_samples
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
-  return config
+  return config_overrides.apply(config, overrides)
 
 
 def sampler_name(s: dict) -> str:
@@ -101,14 +100,14 @@ def run_rows(results: dict, save) -> None:
       start = time.time()
       manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
       if (manager.latest_step() or 0) < config.training.num_steps:  # Else trained already.
-        train.train_and_evaluate(config, workdir)
+        train_loop.train_and_evaluate(config, workdir)
       results[f'train/{name}'] = time.time() - start
       save()
-    trainer, params, _ = evaluate.restore_weights(config, workdir)
+    model = generation.load(config, workdir)  # The EMA weights of the latest checkpoint.
     for key, s in zip(keys, samplers):
       if key in results:
         continue
-      metrics = evaluate.sample_metrics(config, trainer, params, **s)
+      metrics = evaluate.sample_metrics(config, model, **s)
       results[key] = metrics
       logging.info('%s: %s', key, evaluate.format_sample_metrics(metrics))
       save()

@@ -18,42 +18,36 @@ from absl import logging
 from clu import metric_writers
 
 from bit_diffusion import checkpointing
+from bit_diffusion import engine
+from bit_diffusion import generation
 from bit_diffusion.captioning import data as data_lib
 from bit_diffusion.captioning import scoring
 from bit_diffusion.captioning import tokens as tokens_lib
-from bit_diffusion.captioning import trainer as trainer_lib
 
 
-def restore(config, workdir: str):
-  """(trainer, state, step) of the latest checkpoint in `workdir`."""
-  trainer = trainer_lib.trainer_class(config)(config)
-  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
-  state, step = trainer.restore(manager)
-  return trainer, state, step
-
-
-def caption_source(trainer, params: Any, source, num_images: int, rng: jax.Array,
+def caption_source(model: generation.LoadedModel, source, num_images: int, rng: jax.Array,
                    **overrides) -> tuple[np.ndarray, list[str], list[list[str]]]:
   """Captions the first `num_images` (0: all) of `source`: (image ids, predictions, references).
 
-  Images are read batch by batch (`sampling.batch_size`), so big held-out sets stream.
+  Images are read batch by batch (`sampling.batch_size`), so big held-out sets stream; each
+  batch goes through the one generation loop (`generation.generate`).
   """
-  caption_fn = trainer.make_caption_fn(**overrides)
-  batch_size = trainer.device_multiple(trainer.config.sampling.batch_size)
+  sample_fn = model.make_sample_fn(**overrides)
+  batch_size = model.batch_size(model.method.config.sampling.batch_size)
   num = min(num_images or len(source), len(source))
   image_ids, predictions, references = [], [], []
   for start in range(0, num, batch_size):
     batch = source.get(np.arange(start, min(start + batch_size, num)))
-    ids = trainer_lib.generate_ids(caption_fn, params, batch['images'],
-                                   jax.random.fold_in(rng, start), batch_size)
+    ids = generation.generate(sample_fn, model.params, jax.random.fold_in(rng, start),
+                              batch['images'], batch_size)
     image_ids.append(batch['image_ids'])
-    predictions += trainer.tokenizer.ids_to_text(ids)
+    predictions += model.task.tokenizer.ids_to_text(ids)
     references += batch['captions']
   return np.concatenate(image_ids), predictions, references
 
 
 def _setting_name(config, steps: int, td: float) -> str:
-  if config.model.kind == 'autoregressive':
+  if config.method == 'autoregressive':
     return 'greedy'
   return f'{config.sampling.sampler}{steps}_td{td:g}'
 
@@ -64,12 +58,12 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   WORKDIR/captions/results_<step>_<sampler><steps>_td<td>.json ('greedy' for the AR baseline).
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
-  trainer, state, step = restore(config, workdir)
-  params = state.ema_params if config.sampling.use_ema else state.params
-  source = data_lib.create_source(trainer.config.data, 'eval')
-  image_ids, predictions, _ = caption_source(trainer, params, source, config.sampling.num_samples,
-                                             jax.random.PRNGKey(config.seed + 2))
-  name = _setting_name(config, config.sampling.steps, config.sampling.td)
+  model = generation.load(config, workdir, config.sampling.use_ema)
+  step = model.step
+  image_ids, predictions, _ = caption_source(model, model.task.eval_source(),
+                                             config.sampling.num_samples,
+                                             engine.seed_key(config.seed, 'sample'))
+  name = _setting_name(config, *_sampling_setting(config))
   path = os.path.join(workdir, 'captions', f'results_{step}_{name}.json')
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -88,19 +82,20 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   'bleu4', 'cider', 'rouge_l', 'exact_match', 'seconds'}, ...]}.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
-  trainer, state, step = restore(config, workdir)
-  params = state.ema_params if config.sampling.use_ema else state.params
-  source = data_lib.create_source(trainer.config.data, 'eval')
-  if config.model.kind == 'autoregressive' or not config.eval.sweep_steps:
-    settings = [(config.sampling.steps, config.sampling.td)]
+  model = generation.load(config, workdir, config.sampling.use_ema)
+  step = model.step
+  source = model.task.eval_source()
+  if config.method == 'autoregressive' or not config.eval.sweep_steps:
+    settings = [_sampling_setting(config)]
   else:
     settings = list(itertools.product(config.eval.sweep_steps, config.eval.sweep_td or (0.0,)))
   results = []
   for steps, td in settings:
     start = time.time()
+    overrides = {} if config.method == 'autoregressive' else dict(steps=int(steps), td=float(td))
     _, predictions, references = caption_source(
-        trainer, params, source, config.eval.num_images, jax.random.PRNGKey(config.seed + 3),
-        steps=int(steps), td=float(td))
+        model, source, config.eval.num_images, engine.seed_key(config.seed, 'eval_samples'),
+        **overrides)
     scores = scoring.score(predictions, references)
     row = dict(setting=_setting_name(config, steps, td), steps=int(steps), td=float(td),
                seconds=round(time.time() - start, 1), **scores)
@@ -120,6 +115,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     writer.flush()
     logging.info('Wrote %s.json and .md', base)
   return output
+
+
+def _sampling_setting(config) -> tuple[int, float]:
+  """(steps, td) of config.sampling; (0, 0.0) for the autoregressive baseline, which has none."""
+  if config.method == 'autoregressive':
+    return 0, 0.0
+  return config.sampling.steps, config.sampling.td
 
 
 def results_table(results: list[dict]) -> str:

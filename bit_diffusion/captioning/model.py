@@ -124,34 +124,35 @@ class Decoder(nnx.Module):
 class DiffusionCaptioner(nnx.Module):
   """Bit Diffusion captioner: (x_t ++ self_cond [B, L, 2k], gamma [B], images) -> x0 [B, L, k].
 
-  Callable like the U-Net, so `models.make_denoise_fn` drives it (the images are the `labels`
-  the diffusion passes through). `encode` and `decode` split the call so that sampling encodes
-  each image once.
+  The denoiser protocol of bit_diffusion/methods/bit_diffusion.py: `encode_condition(images)`
+  once per batch, `denoise(x, gamma, image_tokens)` at every step; calling the module does both.
   """
 
-  def __init__(self, *, num_bits: int, max_length: int, image_size: int, patch_size: int,
-               encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
+  def __init__(self, *, in_channels: int, out_channels: int, max_length: int, image_size: int,
+               patch_size: int, encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
                encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
                rngs: nnx.Rngs):
     self.encoder = ViT(image_size=image_size, patch_size=patch_size, width=encoder_width,
                        depth=encoder_depth, mlp_dim=encoder_mlp_dim, num_heads=encoder_heads,
                        rngs=rngs)
-    self.bits_in = nnx.Linear(2 * num_bits, width, rngs=rngs)
+    self.bits_in = nnx.Linear(in_channels, width, rngs=rngs)
     self.noise_dense_0 = nnx.Linear(width, width, rngs=rngs)
     self.noise_dense_1 = nnx.Linear(width, width, rngs=rngs)
     self.decoder = Decoder(max_length=max_length, image_width=encoder_width, width=width,
                            depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
                            rngs=rngs)
-    self.bits_out = nnx.Linear(width, num_bits, kernel_init=nnx.initializers.zeros_init(),
+    self.bits_out = nnx.Linear(width, out_channels, kernel_init=nnx.initializers.zeros_init(),
                                rngs=rngs)
     self.width = width
 
-  def encode(self, images: jax.Array) -> jax.Array:
+  def encode_condition(self, images: jax.Array) -> jax.Array:
     """int [B, S, S, 3] -> image tokens float32 [B, N, encoder_width]."""
     return self.encoder(images)
 
-  def decode(self, x: jax.Array, gamma: jax.Array, image_tokens: jax.Array) -> jax.Array:
+  def denoise(self, x: jax.Array, gamma: jax.Array, image_tokens: jax.Array, *,
+              dropout_rng: Optional[jax.Array] = None) -> jax.Array:
     """x [B, L, 2k], gamma [B], image tokens [B, N, De] -> x0 prediction [B, L, k]."""
+    del dropout_rng  # No dropout: the paper's captioner sets none.
     noise = unet.sinusoidal_embedding(gamma * 1000.0, self.width)  # [B, D], as the U-Net.
     noise = self.noise_dense_1(jax.nn.silu(self.noise_dense_0(noise)))
     h = self.bits_in(x) + noise[:, None, :]
@@ -159,15 +160,16 @@ class DiffusionCaptioner(nnx.Module):
 
   def __call__(self, x: jax.Array, gamma: jax.Array, images: jax.Array, *,
                dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    del dropout_rng  # No dropout: the paper's captioner sets none.
-    return self.decode(x, gamma, self.encode(images))
+    return self.denoise(x, gamma, self.encode_condition(images), dropout_rng=dropout_rng)
 
 
 class AutoregressiveCaptioner(nnx.Module):
   """The baseline: (tokens_in int [B, L], images) -> next-token logits [B, L, vocab].
 
   tokens_in is the caption shifted right behind a start id (= vocab_size); self-attention is
-  causal, so position i sees tokens < i only.
+  causal, so position i sees tokens < i only. The protocol of
+  bit_diffusion/methods/autoregressive.py: `encode_condition(images)`, then
+  `logits(tokens_in, image_tokens)`.
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
@@ -181,17 +183,17 @@ class AutoregressiveCaptioner(nnx.Module):
     self.decoder = Decoder(max_length=max_length, image_width=encoder_width, width=width,
                            depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=True,
                            rngs=rngs)
-    self.logits = nnx.Linear(width, vocab_size, rngs=rngs)
+    self.logits_out = nnx.Linear(width, vocab_size, rngs=rngs)
     self.start_id = vocab_size
 
-  def encode(self, images: jax.Array) -> jax.Array:
+  def encode_condition(self, images: jax.Array) -> jax.Array:
     return self.encoder(images)
 
-  def decode(self, tokens_in: jax.Array, image_tokens: jax.Array) -> jax.Array:
-    return self.logits(self.decoder(self.token_embedding(tokens_in), image_tokens))
+  def logits(self, tokens_in: jax.Array, image_tokens: jax.Array) -> jax.Array:
+    return self.logits_out(self.decoder(self.token_embedding(tokens_in), image_tokens))
 
   def __call__(self, tokens_in: jax.Array, images: jax.Array) -> jax.Array:
-    return self.decode(tokens_in, self.encode(images))
+    return self.logits(tokens_in, self.encode_condition(images))
 
 
 def model_kwargs(config) -> dict:

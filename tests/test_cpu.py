@@ -1,4 +1,4 @@
-"""bit_diffusion.hugepages: when the process restarts with glibc's huge-page tunable, and that it
+"""bit_diffusion.cpu: when the process restarts with glibc's huge-page tunable, and that it
 does (a real restart in a subprocess)."""
 
 import os
@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
-from bit_diffusion import hugepages
+from bit_diffusion import cpu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tunable_added_or_appended():
-  added = hugepages.environment_with_hugepages({'PATH': '/bin'}, libc='glibc', thp_mode='madvise')
+  added = cpu.environment_with_hugepages({'PATH': '/bin'}, libc='glibc', thp_mode='madvise')
   assert added == {'PATH': '/bin', 'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
-  appended = hugepages.environment_with_hugepages(
+  appended = cpu.environment_with_hugepages(
       {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, libc='glibc', thp_mode='always')
   assert appended['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
 
@@ -29,23 +29,23 @@ def test_tunable_added_or_appended():
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, 'glibc', 'madvise'),  # The user's choice.
 ])
 def test_no_restart_when_it_would_change_nothing(environ, libc, thp_mode, monkeypatch):
-  monkeypatch.setattr(hugepages, 'transparent_hugepage_mode', lambda: thp_mode)
-  assert hugepages.environment_with_hugepages(environ, libc=libc) is None
+  monkeypatch.setattr(cpu, 'transparent_hugepage_mode', lambda: thp_mode)
+  assert cpu.environment_with_hugepages(environ, libc=libc) is None
 
 
 def test_transparent_hugepage_mode_reads_the_bracketed_word(tmp_path):
   setting = tmp_path / 'enabled'
   setting.write_text('always [madvise] never\n')
-  assert hugepages.transparent_hugepage_mode(str(setting)) == 'madvise'
-  assert hugepages.transparent_hugepage_mode(str(tmp_path / 'missing')) is None
+  assert cpu.transparent_hugepage_mode(str(setting)) == 'madvise'
+  assert cpu.transparent_hugepage_mode(str(tmp_path / 'missing')) is None
 
 
 _RESTART_SCRIPT = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from bit_diffusion import hugepages
+from bit_diffusion import cpu
 print('start', os.environ.get('GLIBC_TUNABLES', ''), flush=True)
-hugepages.reexec_with_hugepages()
+cpu.reexec_with_hugepages()
 print('running', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[2:])
 """
 
@@ -53,7 +53,7 @@ print('running', os.environ.get('GLIBC_TUNABLES', ''), sys.argv[2:])
 def test_reexec_restarts_once_with_the_tunable_and_the_same_arguments():
   environment = {k: v for k, v in os.environ.items()
                  if k not in ('GLIBC_TUNABLES', 'BIT_DIFFUSION_HUGEPAGES')}
-  expected = hugepages.environment_with_hugepages(environment)
+  expected = cpu.environment_with_hugepages(environment)
   result = subprocess.run([sys.executable, '-c', _RESTART_SCRIPT, REPO_ROOT, 'a', '--b=1'],
                           env=environment, capture_output=True, text=True, check=True)
   lines = result.stdout.splitlines()

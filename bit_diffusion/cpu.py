@@ -1,0 +1,109 @@
+"""CPU-only speed-ups, in one place: huge pages for XLA's buffers and YNNPACK kernel choices.
+
+None of this changes a result beyond float rounding, and none of it does anything on GPU or TPU.
+Two entry points:
+  * `reexec_with_hugepages()`: called first thing by main.py (and the benchmarks), before jax
+    is imported. It restarts the process once with glibc's transparent-huge-page tunable.
+  * `train_step_compiler_options(config.cpu)`: the XLA options that the engine jits its train
+    step with (None off CPU).
+The config group `config.cpu` holds the knobs (`ynn_fusions`, `sampler_microbatch_size`); the
+measurements behind each choice are in docs/cpu.md.
+
+Huge pages: XLA:CPU allocates each execution's temporary buffer with `posix_memalign`; glibc
+maps a block that large with a fresh `mmap` and unmaps it on free, so every step faulted it in
+again 4 KiB at a time. glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes malloc
+advise the kernel to back its mappings with transparent huge pages where the kernel allows it
+(/sys/kernel/mm/transparent_hugepage/enabled is `madvise` or `always`). glibc reads tunables
+once, at start-up, hence the restart. BIT_DIFFUSION_HUGEPAGES=0 opts out. This module imports
+jax only inside functions (the restart must happen before jax allocates anything).
+"""
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from typing import Optional
+
+TUNABLE = 'glibc.malloc.hugetlb=1'
+OPT_OUT_VARIABLE = 'BIT_DIFFUSION_HUGEPAGES'
+_THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def transparent_hugepage_mode(path: str = _THP_SETTING) -> Optional[str]:
+  """The kernel's THP mode ('always', 'madvise' or 'never'), or None where it cannot be read."""
+  try:
+    with open(path) as setting:
+      text = setting.read()
+  except OSError:
+    return None
+  for word in text.split():
+    if word.startswith('[') and word.endswith(']'):
+      return word[1:-1]
+  return None
+
+
+def environment_with_hugepages(environ: Mapping[str, str], *, libc: Optional[str] = None,
+                               thp_mode: Optional[str] = None) -> Optional[dict[str, str]]:
+  """`environ` with TUNABLE added to GLIBC_TUNABLES, or None when it would change nothing.
+
+  None when: opted out (BIT_DIFFUSION_HUGEPAGES=0), the C library is not glibc, the kernel has
+  no transparent huge pages (mode 'never' or unreadable), or GLIBC_TUNABLES already sets
+  glibc.malloc.hugetlb (the user's value is kept). `libc` and `thp_mode` default to this host's.
+  """
+  if environ.get(OPT_OUT_VARIABLE, '1') == '0':
+    return None
+  libc = platform.libc_ver()[0] if libc is None else libc
+  thp_mode = transparent_hugepage_mode() if thp_mode is None else thp_mode
+  if libc != 'glibc' or thp_mode not in ('always', 'madvise'):
+    return None
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  if 'glibc.malloc.hugetlb' in tunables:
+    return None
+  environment = dict(environ)
+  environment['GLIBC_TUNABLES'] = f'{tunables}:{TUNABLE}' if tunables else TUNABLE
+  return environment
+
+
+def reexec_with_hugepages() -> None:
+  """Restarts this Python process with TUNABLE set, if `environment_with_hugepages` says so.
+
+  Does not return when it restarts (os.execve keeps the process id and open files); returns
+  at once otherwise. Call it before importing jax.
+  """
+  environment = environment_with_hugepages(os.environ)
+  if environment is None:
+    return
+  argv = list(getattr(sys, 'orig_argv', [])) or [sys.executable] + sys.argv
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + argv[1:], environment)
+
+
+# The kinds of YNNPACK fusion (XLA:CPU's kernel library) that cpu.ynn_fusions may name.
+YNN_FUSION_KINDS = ('INDIVIDUAL_CONVOLUTION', 'INDIVIDUAL_DOT', 'DOT', 'REDUCE', 'ELTWISE')
+
+
+def ynn_fusion_kinds(text: str) -> list[str]:
+  """'INDIVIDUAL_DOT, eltwise' -> ['INDIVIDUAL_DOT', 'ELTWISE']; unknown kinds raise ValueError."""
+  kinds = [kind.strip().upper() for kind in text.split(',') if kind.strip()]
+  unknown = [kind for kind in kinds if kind not in YNN_FUSION_KINDS]
+  if unknown:
+    raise ValueError(f'cpu.ynn_fusions={text!r} names {unknown}; choose from '
+                     f'{YNN_FUSION_KINDS}, comma-separated, or \'\' for XLA\'s defaults.')
+  return kinds
+
+
+def train_step_compiler_options(cpu_config) -> Optional[dict[str, str]]:
+  """XLA compiler options for the jitted train step (None: XLA's defaults).
+
+  On CPU, `cpu_config.ynn_fusions` lists what YNNPACK runs; the rest goes to XLA's own kernels
+  (Eigen convolutions, generated loops). '' keeps XLA's defaults
+  ('INDIVIDUAL_CONVOLUTION,INDIVIDUAL_DOT,REDUCE'). Ignored on GPU and TPU.
+  """
+  import jax  # Not at module level: see the module docstring.
+
+  kinds = ynn_fusion_kinds(cpu_config.ynn_fusions)
+  if jax.default_backend() != 'cpu' or not kinds:
+    return None
+  return {'xla_cpu_experimental_ynn_fusion_type':
+          ','.join('LIBRARY_FUSION_TYPE_' + kind for kind in kinds)}

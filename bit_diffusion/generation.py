@@ -1,0 +1,109 @@
+"""Generating from a trained model: restore only the weights, and one generation loop for every
+task and method, gathered across processes.
+
+Sampling needs the network, its weights and the mesh, not the optimizer or the jitted train
+step: `load` builds the method's network as shapes, restores the EMA (or online) weights of the
+latest checkpoint into them, and returns them with the mesh. `generate` runs a method's jitted
+sample function over any number of conditions in padded batches.
+"""
+
+import dataclasses
+from typing import Any
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from bit_diffusion import checkpointing
+from bit_diffusion import distributed
+from bit_diffusion import engine
+from bit_diffusion import methods
+from bit_diffusion import tasks
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A method's network and restored weights, ready to sample.
+
+  Attributes:
+    method: the method (with its task as `method.task`).
+    graphdef: the network's graph.
+    params: the restored weights (EMA or online), laid out over `mesh`.
+    mesh: the device mesh.
+    step: the checkpoint's step.
+  """
+  method: Any
+  graphdef: nnx.GraphDef
+  params: Any
+  mesh: Mesh
+  step: int
+
+  @property
+  def task(self):
+    return self.method.task
+
+  def make_sample_fn(self, **overrides) -> Callable[..., jax.Array]:
+    """The method's jitted fn(params, rng, cond) -> samples, sharded over the mesh."""
+    return self.method.make_sample_fn(self.graphdef, self.mesh, **overrides)
+
+  def batch_size(self, wanted: int) -> int:
+    return device_multiple(self.mesh, wanted)
+
+
+def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel:
+  """The latest checkpoint's weights in `workdir` (signature checked), without the optimizer.
+
+  Only the weights are read (a partial restore): sampling and scoring need neither the
+  optimizer state nor the other train-state fields. `method` defaults to the config's.
+  """
+  method = method or methods.create(config, tasks.create(config))
+  mesh = engine.create_mesh()
+  graphdef, abstract_params = engine.abstract_network(method)
+  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
+                            '--mode=train and the same --workdir.')
+  checkpointing.check_signature(manager, step, engine.checkpoint_signature(config, method))
+  name = 'ema_params' if use_ema else 'params'
+  shardings = distributed.param_shardings(abstract_params, mesh, config.training.param_sharding)
+  target = {name: checkpointing.abstract_with_shardings(abstract_params, shardings)}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  return LoadedModel(method=method, graphdef=graphdef, params=restored.state[name], mesh=mesh,
+                     step=step)
+
+
+def device_multiple(mesh: Mesh, wanted: int) -> int:
+  """The largest batch <= wanted that splits evenly over the devices (at least one each)."""
+  return max(mesh.size, wanted // mesh.size * mesh.size)
+
+
+def generate(sample_fn: Callable[..., jax.Array], params: Any, rng: jax.Array,
+             conditions: Any, batch_size: int) -> np.ndarray:
+  """Samples one output per row of `conditions`, in batches of `batch_size`; numpy [N, ...].
+
+  conditions: a pytree of arrays with a leading axis N (class labels [N], caption images
+  [N, S, S, 3]; zeros [N] for an unconditional model, which only set the count). Batch i uses
+  the key fold_in(rng, i * batch_size). The last batch is padded with zeros to `batch_size`, so
+  one compiled function serves every batch. With several processes every process passes the
+  same conditions and gets all N samples (each process computes its rows; they are gathered).
+  """
+  num = len(jax.tree.leaves(conditions)[0])
+  outputs = []
+  for start in range(0, num, batch_size):
+    def padded(a):
+      chunk = np.asarray(a[start:start + batch_size])
+      pad = np.zeros((batch_size - len(chunk),) + chunk.shape[1:], chunk.dtype)
+      return jnp.asarray(np.concatenate([chunk, pad]))
+    samples = sample_fn(params, jax.random.fold_in(rng, start), jax.tree.map(padded, conditions))
+    if jax.process_count() > 1:  # Each process holds only its rows: gather them everywhere.
+      samples = multihost_utils.process_allgather(samples, tiled=True)
+    outputs.append(np.asarray(jax.device_get(samples))[:min(batch_size, num - start)])
+  return np.concatenate(outputs, axis=0)

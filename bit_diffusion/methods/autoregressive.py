@@ -1,0 +1,99 @@
+"""The autoregressive baseline: a causal Transformer over token ids, teacher-forced cross-entropy,
+greedy decoding.
+
+For sequence tasks (captions now, text next). The network protocol a task's 'autoregressive'
+network follows: `encode_condition(cond) -> context`, `logits(tokens_in, context)` with
+tokens_in the sequence shifted right behind `start_id`, and causal self-attention, so position
+i sees tokens < i only.
+"""
+
+from typing import Any
+from typing import Callable
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+class Autoregressive:
+  """Next-token prediction on the sequences of `task` (example_shape [L], vocab_size ids).
+
+  Attributes:
+    metric_names: 'loss' (cross-entropy per scored token, in nats) and 'token_error' (the
+      teacher-forced rate of wrong argmax tokens).
+  """
+  metric_names = ('loss', 'token_error')
+
+  def __init__(self, config, task):
+    if task.channels_last:
+      raise ValueError(f"config.method='autoregressive' models token sequences; the "
+                       f"{config.task!r} task has none. Use config.method='bit_diffusion'.")
+    self.config = config
+    self.task = task
+
+  def check(self, num_devices: int) -> None:
+    """Nothing beyond the engine's checks."""
+    del num_devices
+
+  def signature(self) -> dict[str, Any]:
+    return {'method': 'autoregressive'}
+
+  def create_network(self, rng: jax.Array) -> nnx.Module:
+    return self.task.create_network('autoregressive', rng=rng)
+
+  def loss(self, graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
+           rng: jax.Array, batch_sharding: Optional[NamedSharding] = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Teacher-forced cross-entropy over the positions of `task.loss_mask` (all when None).
+
+    Returns (mean loss, {'loss', 'token_error'} each [B]).
+    """
+    del rng, batch_sharding  # No noise, no dropout.
+    tokens, cond = self.task.split_batch(batch)  # [B, L]
+    mask = self.task.loss_mask(tokens)
+    mask = jnp.ones(tokens.shape, bool) if mask is None else mask
+    count = jnp.maximum(mask.sum(axis=1), 1)
+    model = nnx.merge(graphdef, params, copy=True)
+    logits = model.logits(shift_right(tokens, model.start_id),
+                          model.encode_condition(cond)).astype(jnp.float32)
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)  # [B, L]
+    loss = jnp.sum(cross_entropy * mask, axis=1) / count
+    errors = jnp.sum((jnp.argmax(logits, -1) != tokens) * mask, axis=1) / count
+    return jnp.mean(loss), {'loss': loss, 'token_error': errors}
+
+  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None,
+                     **unused_overrides) -> Callable[..., jax.Array]:
+    """A jitted fn(params, rng, cond) -> greedy token ids int32 [B, L] (no sampling knobs).
+
+    Decodes one position per step, recomputing the prefix (L network calls).
+    """
+    length = self.task.example_shape[0]
+
+    def sample_fn(params, rng, cond):
+      del rng  # Greedy.
+      model = nnx.merge(graphdef, params, copy=True)
+      context = model.encode_condition(cond)
+      batch = jax.tree.leaves(cond)[0].shape[0]
+      # Positions >= i are never read before step i writes them (causal mask): any start.
+      tokens = jnp.zeros((batch, length), jnp.int32)
+
+      def body(i, tokens):  # The causal mask makes position i depend on tokens < i only.
+        logits = model.logits(shift_right(tokens, model.start_id), context)
+        return tokens.at[:, i].set(jnp.argmax(logits[:, i], axis=-1).astype(jnp.int32))
+      return jax.lax.fori_loop(0, length, body, tokens)
+
+    if mesh is None:
+      return jax.jit(sample_fn)
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
+                   out_shardings=batch_sharding)
+
+
+def shift_right(tokens: jax.Array, start_id: int) -> jax.Array:
+  """[B, L] -> [B, L]: start_id, then tokens[:, :-1] (the decoder's teacher-forced input)."""
+  return jnp.concatenate([jnp.full_like(tokens[:, :1], start_id), tokens[:, :-1]], axis=1)

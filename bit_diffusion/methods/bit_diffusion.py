@@ -1,0 +1,220 @@
+"""The Bit Diffusion method: integers as analog bits, Gaussian diffusion on them, and back.
+
+Chen, Zhang & Hinton, "Analog Bits" (ICLR 2023). A method supplies what the engine and the
+generation loop need and knows no data: its network's shape (built by the task), its loss with
+its own metric names, its sampler, and its checkpoint signature. The math lives in
+`diffusion.py` (corruption, Algorithm 1, x0 estimates), `samplers.py` (Algorithm 2) and
+`analog_bits.py` (the codes).
+
+The denoiser protocol that a task's network follows:
+  network(x_in, gamma, cond, dropout_rng=None) -> raw output, for training;
+  network.encode_condition(cond) -> context, once per sampled batch, and
+  network.denoise(x_in, gamma, context) -> raw output, at every sampling step,
+with x_in the noisy bits and the self-conditioning estimate concatenated [B, ..., 2 D].
+"""
+
+from typing import Any
+from typing import Callable
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bit_diffusion import diffusion as diffusion_lib
+from bit_diffusion import distributed
+from bit_diffusion import samplers
+
+
+class BitDiffusion:
+  """Bit Diffusion on the data of `task`.
+
+  Attributes:
+    task: the task (data shapes, network, outputs).
+    diffusion: the Diffusion (codec, schedule, prediction, loss, self-conditioning).
+    metric_names: the per-example training metrics of `loss`.
+  """
+  metric_names = ('loss', 'x0_mse', 'bit_error')
+
+  def __init__(self, config, task):
+    self.config = config
+    self.task = task
+    wanted_bits = config.data.get('num_bits', 0)
+    if wanted_bits and wanted_bits != task.num_bits:
+      raise ValueError(f'data.num_bits={wanted_bits} does not fit the data: it needs '
+                       f'{task.num_bits} bits per value (a tokenizer: ceil(log2(vocab))). Set '
+                       '--config.data.num_bits=0 to derive it.')
+    self.diffusion = diffusion_lib.diffusion_from_config(config, task.num_bits, task.num_classes)
+    self.self_condition = config.sampling.self_condition
+    if self.self_condition and not self.diffusion.self_condition_rate:
+      logging.warning('sampling.self_condition=True, but the model is trained with '
+                      'diffusion.self_condition_rate=0 and never saw an estimate: sampling '
+                      'without self-conditioning.')
+      self.self_condition = False
+
+  def check(self, num_devices: int) -> None:
+    """Errors of the method's config fields that need no data and no compile."""
+    config, diffusion = self.config, self.diffusion
+    guidance = config.sampling.get('guidance', 0.0)
+    if guidance and not diffusion.label_dropout:
+      raise ValueError('sampling.guidance > 0 needs a model trained with diffusion.label_dropout '
+                       '> 0 (it learns the unconditional model from dropped labels).')
+    if diffusion.label_dropout and not self.task.num_classes:
+      raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
+    sampler_microbatch = config.cpu.sampler_microbatch_size
+    if sampler_microbatch < 0 or sampler_microbatch % num_devices:
+      raise ValueError(f'cpu.sampler_microbatch_size={sampler_microbatch} must be 0 (whole '
+                       f'batches) or a positive multiple of the {num_devices} devices.')
+    batch, microbatch = config.training.batch_size, config.training.microbatch_size
+    rate = diffusion.self_condition_rate
+    k, m = diffusion_lib.self_condition_pattern(rate, batch)
+    if microbatch and microbatch < batch and k and (
+        diffusion_lib.self_condition_pattern(rate, microbatch) != (k, m)
+        or (microbatch // num_devices) % m):
+      raise ValueError(
+          f'training.microbatch_size={microbatch} cannot keep the self-conditioning share '
+          f'{k}/{m} of diffusion.self_condition_rate={rate} on each of {num_devices} devices: '
+          f'use a microbatch of a multiple of {m * num_devices} examples.')
+
+  def signature(self) -> dict[str, Any]:
+    """What a checkpoint's parameters depend on, beyond the task's fields."""
+    bits = self.config.bits
+    return {'method': 'bit_diffusion', 'data.num_bits': self.task.num_bits,
+            'bits.encoding': bits.encoding, 'bits.scale': bits.scale,
+            'bits.permutation_seed': bits.permutation_seed,
+            'diffusion.prediction': self.diffusion.prediction,
+            'diffusion.loss': self.diffusion.loss, 'diffusion.output': self.diffusion.output}
+
+  # The network and the data as bits.
+
+  @property
+  def bit_channels(self) -> int:
+    """D: analog channels per position ([H, W, C] images: C * bits; [L] sequences: bits)."""
+    values = self.task.example_shape[-1] if self.task.channels_last else 1
+    return values * self.diffusion.codec.channels_per_value
+
+  def create_network(self, rng: jax.Array) -> nnx.Module:
+    """The task's denoiser: input the noisy bits and the self-conditioning estimate (2 D
+    channels), output the raw prediction (`Diffusion.output_channels`)."""
+    values = self.task.example_shape[-1] if self.task.channels_last else 1
+    return self.task.create_network(
+        'denoiser', in_channels=2 * self.bit_channels,
+        out_channels=self.diffusion.output_channels(values),
+        out_kernel_size=1 if self.diffusion.output == 'softmax' else 3, rng=rng)
+
+  def encode(self, data: jax.Array) -> jax.Array:
+    """Integers [B, *example_shape] -> analog bits float32 [B, ..., D]."""
+    return self.diffusion.codec.encode(data if self.task.channels_last else data[..., None])
+
+  def decode(self, bits: jax.Array) -> jax.Array:
+    """Analog bits [B, ..., D] -> integers int32 [B, *example_shape] (signs of the bits)."""
+    data = self.diffusion.codec.decode(bits)
+    return data if self.task.channels_last else data[..., 0]
+
+  # Training.
+
+  def loss(self, graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
+           rng: jax.Array, batch_sharding: Optional[NamedSharding] = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(mean loss, per-example metrics {'loss', 'x0_mse', 'bit_error'} each [B]): Algorithm 1."""
+    data, cond = self.task.split_batch(batch)
+    bits = self.encode(data)
+    if batch_sharding is not None:
+      bits = jax.lax.with_sharding_constraint(bits, batch_sharding)
+    terms = self.diffusion.loss_terms(make_denoise_fn(graphdef, params), bits, cond, rng)
+    return jnp.mean(terms.loss), {'loss': terms.loss, 'x0_mse': terms.x0_mse,
+                                  'bit_error': terms.bit_error}
+
+  # Sampling.
+
+  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None,
+                     **overrides) -> Callable[..., jax.Array]:
+    """A jitted fn(params, rng, cond) -> integer samples int32 [B, *example_shape].
+
+    cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
+    which only carry B). Keyword overrides of `config.sampling`: sampler, steps, td,
+    ddpm_variance, guidance, self_condition. The condition is encoded once per batch; with
+    cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn (the
+    same samples). With a mesh, the batch is sharded over its 'data' axis.
+    """
+    s = self.config.sampling
+    settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
+                    guidance=s.get('guidance', 0.0), self_condition=self.self_condition)
+    settings.update(overrides)
+    guidance = settings.pop('guidance')
+    if guidance and not self.task.num_classes:
+      raise ValueError('Classifier-free guidance needs a class-conditional model '
+                       '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
+    diffusion, num_shards = self.diffusion, 1 if mesh is None else mesh.shape['data']
+    microbatch = self.config.cpu.sampler_microbatch_size
+
+    def sample_fn(params, rng, cond):
+      model = nnx.merge(graphdef, params, copy=True)
+      batch = jax.tree.leaves(cond)[0].shape[0]
+      # An unconditional model's cond only carries the batch size.
+      context = model.encode_condition(cond) if self._uses_condition() else None
+
+      def x0_estimate(x, gamma, self_cond, context):  # Not clipped yet.
+        inputs = (jnp.concatenate([x, self_cond], axis=-1), gamma, context)
+        output = run_in_microbatches(lambda x_in, g, c: model.denoise(x_in, g, c), inputs,
+                                     microbatch, num_shards)
+        return diffusion.x0_from_output(output, x, gamma)
+
+      # Guidance combines the unclipped estimates, then clips once: as the authors' code, which
+      # turns softmax/sigmoid outputs into expected bits first (for x0, eps and v predictions
+      # this equals combining the raw outputs). The U-Net's context is its labels.
+      clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
+      x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, self.task.num_classes, guidance)
+      shape = (batch,) + self._bits_shape()
+      x0, _ = samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, **settings)
+      return self.decode(x0)
+
+    if mesh is None:
+      return jax.jit(sample_fn)
+    batch_sharding = NamedSharding(mesh, P('data'))
+    # Parameters keep the sharding they come with (replicated, or split for FSDP).
+    return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
+                   out_shardings=batch_sharding)
+
+  def _uses_condition(self) -> bool:
+    """Whether the network reads a condition: class labels, or a task whose condition is not a
+    label (captioning's images)."""
+    return bool(self.task.num_classes) or not self.task.channels_last
+
+  def _bits_shape(self) -> tuple[int, ...]:
+    """[..., D]: the shape of one example's analog bits."""
+    shape = self.task.example_shape
+    return (shape[:-1] if self.task.channels_last else shape) + (self.bit_channels,)
+
+
+def make_denoise_fn(graphdef: nnx.GraphDef, params: Any) -> diffusion_lib.DenoiseFn:
+  """denoise_fn(x_t, gamma, self_cond, cond, dropout_rng) of the network with `params`, the
+  function `Diffusion.loss_terms` trains: the raw output [B, ..., output channels], float32."""
+  def denoise_fn(x_t, gamma, self_cond, cond, dropout_rng):
+    model = nnx.merge(graphdef, params, copy=True)
+    return model(jnp.concatenate([x_t, self_cond], axis=-1), gamma, cond,
+                 dropout_rng=dropout_rng).astype(jnp.float32)
+  return denoise_fn
+
+
+def run_in_microbatches(fn: Callable[..., jax.Array], inputs: tuple, microbatch_size: int,
+                        num_shards: int = 1) -> jax.Array:
+  """fn(*inputs) computed on microbatches of `microbatch_size` rows in turn, joined again.
+
+  Every array of `inputs` with the leading batch axis is cut (`distributed.microbatch_rows`,
+  rows from each of `num_shards` shards); others (None, a scalar) pass whole. The same result
+  as fn(*inputs) when fn treats every row on its own; 0 = one call on the whole batch.
+  """
+  if not microbatch_size:
+    return fn(*inputs)
+  batch = jax.tree.leaves(inputs[0])[0].shape[0]
+  outputs = []
+  for start, stop in distributed.microbatch_ranges(batch, microbatch_size, num_shards):
+    rows = lambda a: (distributed.microbatch_rows(a, start, stop, num_shards)
+                      if jnp.ndim(a) and a.shape[0] == batch else a)
+    outputs.append(fn(*jax.tree.map(rows, inputs)))
+  return distributed.join_microbatch_rows(outputs, num_shards)

@@ -1,0 +1,13 @@
+"""Tasks: what is generated (images, captions). `create(config)` builds the config's task."""
+
+from bit_diffusion.tasks import captions
+from bit_diffusion.tasks import images
+
+TASKS = {'image': images.ImageTask, 'captioning': captions.CaptionTask}
+
+
+def create(config, **kwargs):
+  """The task object of `config.task` ('image' | 'captioning')."""
+  if config.task not in TASKS:
+    raise ValueError(f'Unknown config.task {config.task!r}; choose one of {tuple(TASKS)}.')
+  return TASKS[config.task](config, **kwargs)

@@ -1,0 +1,175 @@
+"""The image task: images of integers in [0, 2**num_bits), the U-Net, sample grids and files.
+
+A task knows its data, its network and its outputs, and nothing of how they are generated: a
+method (bit_diffusion/methods/) asks it for a network of a kind and shape, for batches as
+(integer data, conditioning), and hands it integer samples to write. Scoring samples (FID, IS,
+precision/recall) is `bit_diffusion/evaluate.py`.
+"""
+
+import math
+import os
+from typing import Any
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from flax import nnx
+from PIL import Image
+
+from bit_diffusion import input_pipeline
+from bit_diffusion import unet
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config) -> Any:
+  """The jnp dtype of `training.compute_dtype` (parameters stay float32)."""
+  name = config.training.compute_dtype
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'Unknown training.compute_dtype {name!r}; choose one of '
+                     f'{tuple(COMPUTE_DTYPES)}.')
+  return COMPUTE_DTYPES[name]
+
+
+class ImageTask:
+  """Images [H, W, C] of integers in [0, 2**num_bits), optionally with class labels.
+
+  Attributes:
+    example_shape: (H, W, C) of one image.
+    channels_last: True: the last axis of an example holds several values (C channels).
+    num_bits: bits per value; values lie in [0, 2**num_bits).
+    num_classes: labels in [0, num_classes) (0: unconditional); num_classes is the null label.
+  """
+  SIGNATURE_FIELDS = {
+      'data': ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes'),
+      'model': ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
+                'head_dim'),
+  }
+  channels_last = True
+
+  def __init__(self, config):
+    self.config = config
+    data = config.data
+    self.example_shape = (data.image_size, data.image_size, data.channels)
+    self.num_bits = data.num_bits
+    self.num_classes = data.num_classes if data.class_conditional else 0
+
+  def signature(self) -> dict[str, Any]:
+    """Checkpoint signature entries beyond SIGNATURE_FIELDS: none."""
+    return {}
+
+  def create_network(self, kind: str, *, in_channels: int, out_channels: int,
+                     out_kernel_size: int, rng: jax.Array) -> nnx.Module:
+    """The U-Net of `config.model` for kind 'denoiser' (the only kind images have).
+
+    network(x [B, H, W, in_channels], gamma [B], labels [B] or None) -> [B, H, W, out_channels].
+    """
+    if kind != 'denoiser':
+      raise ValueError(f'The image task has no {kind!r} network (only a denoising U-Net); use '
+                       "config.method='bit_diffusion'.")
+    model = self.config.model
+    return unet.UNet(
+        in_channels=in_channels, out_channels=out_channels, out_kernel_size=out_kernel_size,
+        image_size=self.config.data.image_size, base_channels=model.base_channels,
+        channel_multipliers=tuple(model.channel_multipliers),
+        num_res_blocks=model.num_res_blocks,
+        attention_resolutions=tuple(model.attention_resolutions), head_dim=model.head_dim,
+        dropout=model.dropout, num_classes=self.num_classes, dtype=compute_dtype(self.config),
+        rngs=nnx.Rngs(params=rng))
+
+  def initial_params(self, params: Any) -> Any:
+    """Randomly initialised parameters, unchanged (no pretrained parts)."""
+    return params
+
+  # Data.
+
+  def train_iterator(self, batch_size: int, seed: int, start_step: int = 0) -> Any:
+    """This process's batches {'images', 'labels'} (numpy) from `start_step` on."""
+    iterator, _ = input_pipeline.create_train_iterator(
+        self.config.data, global_batch_size=batch_size, seed=seed, start_step=start_step)
+    return iterator
+
+  def split_batch(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(images int [B, H, W, C], labels int32 [B] or None when unconditional) of a batch."""
+    return batch['images'], batch['labels'] if self.num_classes else None
+
+  def loss_mask(self, data: jax.Array) -> Optional[jax.Array]:
+    """Every position of an image counts in a loss: None."""
+    del data
+    return None
+
+  # Sampling.
+
+  def sampling_conditions(self, num: int, labels_spec: str = '') -> np.ndarray:
+    """Labels int32 [num] to sample with: '' cycles 0..num_classes-1, or '3,3,7' repeated.
+
+    An unconditional model gets zeros, which only carry the count.
+    """
+    if labels_spec:
+      values = np.array([int(v) for v in str(labels_spec).split(',')], np.int32)
+      if self.num_classes and (values.min() < 0 or values.max() >= self.num_classes):
+        raise ValueError(f'sampling.labels {labels_spec!r} must lie in [0, {self.num_classes}).')
+      return np.resize(values, num)
+    if not self.num_classes:
+      return np.zeros(num, np.int32)
+    return (np.arange(num) % self.num_classes).astype(np.int32)
+
+  def preview_conditions(self, num: int) -> tuple[np.ndarray, None]:
+    """(labels, references) of the training previews: one of each class in turn, no refs."""
+    return self.sampling_conditions(num), None
+
+  def write_preview(self, samples: np.ndarray, references: None, step: int, workdir: str,
+                    writer) -> None:
+    """Writes a grid of `samples` to WORKDIR/samples/grid_STEP.png and to TensorBoard."""
+    del references
+    path = os.path.join(workdir, 'samples', f'grid_{step:08d}.png')
+    grid = write_grid(path, samples, display_max(self.config.data))
+    writer.write_images(step, {'samples': grid[None]})
+
+  def save_samples(self, samples: np.ndarray, conditions: np.ndarray, path: str) -> None:
+    """Writes PATH.npz (`images` int32 [N, H, W, C], `labels` int32 [N]) and PATH.png (a grid)."""
+    with epath.Path(path + '.npz').open('wb') as f:
+      np.savez(f, images=samples.astype(np.int32), labels=conditions)
+    write_grid(path + '.png', samples, display_max(self.config.data))
+
+
+def to_uint8(images: np.ndarray, max_value: int) -> np.ndarray:
+  """Integer images in [0, max_value] -> uint8 in [0, 255] for display (larger values clip)."""
+  scaled = images.astype(np.float64) * 255.0 / max_value
+  return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, max_value: int, min_cell: int = 32) -> np.ndarray:
+  """[N, H, W, C] integer images -> one uint8 [rows * H', cols * W', C] grid image.
+
+  Images smaller than `min_cell` pixels are enlarged by an integer factor (nearest neighbour)
+  so that 8x8 digits stay visible; one pixel of padding separates the cells.
+  """
+  n, height, width, channels = images.shape
+  factor = max(1, math.ceil(min_cell / max(height, width)))
+  images = to_uint8(images, max_value).repeat(factor, axis=1).repeat(factor, axis=2)
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  cell_h, cell_w = height * factor + 1, width * factor + 1
+  grid = np.full((rows * cell_h + 1, cols * cell_w + 1, channels), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, c = divmod(i, cols)
+    grid[1 + r * cell_h:(r + 1) * cell_h, 1 + c * cell_w:(c + 1) * cell_w] = image
+  return grid
+
+
+def display_max(data_config) -> int:
+  """The value shown white: `data.display_max`, or 2**num_bits - 1 when it is 0."""
+  return data_config.display_max or 2**data_config.num_bits - 1
+
+
+def write_grid(path: str, images: np.ndarray, max_value: int) -> np.ndarray:
+  """Writes the grid of `images` (white = max_value) as a PNG at `path`; returns it uint8."""
+  grid = make_grid(images, max_value)
+  path = epath.Path(path)  # Local or cloud storage (gs://...).
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as f:
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format='PNG')
+  return grid

@@ -1,0 +1,76 @@
+"""Tiny variants of the real configs, shared by the tests and the benchmarks' --tiny runs, so
+that XLA compiles stay cheap (a few seconds) while every code path of the real config runs.
+
+Each function takes the real config's module-level overrides as {'section.field': value}.
+"""
+
+import ml_collections
+
+from bit_diffusion import config_overrides
+from configs import cifar10
+from configs import digits
+
+# configs/digits.py with a 16-channel U-Net, batch 16 and 4-step sampling.
+TINY_DIGITS = {
+    'model.base_channels': 16, 'model.num_res_blocks': 1,
+    'model.head_dim': 32,  # One head over the 32 channels at resolution 4.
+    'training.batch_size': 16,
+    'training.num_steps': 4, 'training.log_every': 2, 'training.checkpoint_every': 2,
+    'training.sample_every': 0, 'training.num_grid_samples': 8,
+    'training.compilation_cache': False,  # The tests set their own cache (tests/conftest.py).
+    'optimizer.warmup_steps': 2, 'sampling.steps': 4, 'sampling.num_samples': 12,
+    'sampling.batch_size': 8, 'eval.num_batches': 2, 'data.prefetch': 0,
+    'eval.num_samples': 0,  # Sample metrics: tests/test_digits_metrics.py.
+}
+
+# A captioning config with 16x16 images, a 1-layer encoder and decoder of width 32.
+TINY_CAPTIONING = {
+    'data.image_size': 16, 'model.patch_size': 8, 'data.prefetch': 0,
+    'model.encoder_width': 32, 'model.encoder_depth': 1, 'model.encoder_mlp_dim': 64,
+    'model.encoder_heads': 2, 'model.width': 32, 'model.depth': 1, 'model.mlp_dim': 64,
+    'model.num_heads': 2, 'training.batch_size': 16, 'training.num_steps': 40,
+    'training.log_every': 20, 'training.checkpoint_every': 40, 'training.sample_every': 0,
+    'training.num_grid_samples': 4, 'training.compilation_cache': False,
+    'optimizer.warmup_steps': 5, 'sampling.num_samples': 6, 'sampling.batch_size': 4,
+    'eval.num_images': 6,
+}
+# The diffusion captioner's sampler and sweep (absent from the autoregressive baseline).
+TINY_CAPTIONING_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,),
+                             'eval.sweep_td': (0.0, 1.0)}
+
+
+def tiny_digits(**overrides) -> ml_collections.ConfigDict:
+  """configs/digits.py made tiny (TINY_DIGITS), then `overrides` ('section.field': value)."""
+  return config_overrides.apply(digits.get_config(), {**TINY_DIGITS, **overrides})
+
+
+def tiny_digits_flags(**overrides) -> list[str]:
+  """The same config as `tiny_digits(**overrides)`, as main.py flags."""
+  return ['--config=configs/digits.py'] + config_overrides.as_flags(
+      {**TINY_DIGITS, **overrides})
+
+
+def tiny_cifar10(**overrides) -> ml_collections.ConfigDict:
+  """configs/cifar10.py (the real TFDS pipeline) with a small U-Net and batch 4."""
+  return config_overrides.apply(cifar10.get_config(), {
+      'model.base_channels': 16, 'model.num_res_blocks': 1, 'model.channel_multipliers': (1, 2),
+      'model.attention_resolutions': (16,), 'model.head_dim': 32, 'training.batch_size': 4,
+      'training.num_steps': 2, 'training.log_every': 1, 'training.checkpoint_every': 2,
+      'training.num_grid_samples': 2, 'training.compilation_cache': False, 'sampling.steps': 2,
+      **overrides})
+
+
+def tiny_unet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (an image config) with a one-stage 16-channel U-Net without attention."""
+  return config_overrides.apply(config, {
+      'model.base_channels': 16, 'model.channel_multipliers': (1,), 'model.num_res_blocks': 1,
+      'model.attention_resolutions': ()})
+
+
+def tiny_captioning(config_module, **overrides) -> ml_collections.ConfigDict:
+  """A captioning config module's config made tiny (TINY_CAPTIONING), then `overrides`."""
+  config = config_module.get_config()
+  tiny = dict(TINY_CAPTIONING)
+  if config.method == 'bit_diffusion':
+    tiny.update(TINY_CAPTIONING_DIFFUSION)
+  return config_overrides.apply(config, {**tiny, **overrides})
