@@ -78,17 +78,15 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
 
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
   engine = engine_lib.Engine(config, method)  # Abstract shapes only: nothing is compiled yet.
-  start_step = manager.latest_step() or 0
-  if start_step:
-    checkpointing.check_signature(manager, start_step, engine.signature())
+  state, start_step = None, 0
+  if manager.all_steps():  # The newest checkpoint that reads; broken newer ones set aside.
+    state, start_step = engine.restore(manager, set_aside_broken=True)
+    logging.info('Resumed from step %d in %s.', start_step, workdir)
   # Data problems (missing dataset, wrong shapes or values) surface before anything compiles.
   train_iter = method.task.train_iterator(config.training.batch_size, config.seed, start_step)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if start_step:
-    state, _ = engine.restore(manager, start_step)
-    logging.info('Resumed from step %d in %s.', start_step, workdir)
-  else:
+  if state is None:
     state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
     writer.write_hparams(_flat_hparams(config))
     if is_chief:
