@@ -3,6 +3,7 @@
   python main.py --config=configs/digits.py --workdir=runs/digits
   python main.py --config=configs/digits.py --workdir=runs/digits --mode=sample \
       --config.sampling.steps=50 --config.sampling.td=1
+  python main.py --config=configs/digits.py --workdir=runs/digits --mode=check  # Checkpoints.
 
 Kept short on purpose: the logic lives in `bit_diffusion/`, where it is tested.
 """
@@ -23,20 +24,28 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bit_diffusion import checkpointing  # noqa: E402
 from bit_diffusion import distributed  # noqa: E402
 from bit_diffusion import evaluate  # noqa: E402
 from bit_diffusion import train_loop  # noqa: E402
+from bit_diffusion import workdir_lock  # noqa: E402
 from bit_diffusion.captioning import evaluate as caption_evaluate  # noqa: E402
 
 # Each task's sample and eval modes.
 MODES_BY_TASK = {'image': evaluate, 'captioning': caption_evaluate}
+# Errors a user can cause (config, data, checkpoints, workdir): one line, no traceback, unless
+# --debug or BIT_DIFFUSION_DEBUG=1.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
+               workdir_lock.WorkdirLockedError, checkpointing.CheckpointError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'tokenizer'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'check', 'tokenizer'],
                   'train: train and resume; sample: write samples of the latest checkpoint; '
-                  'eval: score the latest checkpoint; tokenizer (captioning): train and write '
-                  'the SentencePiece model of config.tokenizer.path.')
+                  'eval: score the latest checkpoint; check: list the checkpoints of the '
+                  'workdir and whether each reads (on the host, no devices); tokenizer '
+                  '(captioning): train and write the SentencePiece model of '
+                  'config.tokenizer.path.')
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -44,6 +53,8 @@ flags.DEFINE_string('coordinator_address', '', 'Multi-process (GPU clusters with
                     'HOST:PORT of process 0. TPU pods and SLURM are detected without flags.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: the number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process: the index of this process.')
+flags.DEFINE_bool('debug', False, 'Show the full traceback of errors such as bad data or a '
+                  'locked workdir (also BIT_DIFFUSION_DEBUG=1), instead of one line.')
 
 
 def main(argv):
@@ -62,13 +73,25 @@ def main(argv):
   if config.task not in MODES_BY_TASK:
     raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of '
                          f'{tuple(MODES_BY_TASK)}.')
+  try:
+    _run_mode(config, FLAGS.mode, FLAGS.workdir)
+  except USER_ERRORS as e:
+    if FLAGS.debug or os.environ.get('BIT_DIFFUSION_DEBUG') == '1':
+      raise
+    sys.exit('Error: ' + ' '.join(str(e).split()))
+
+
+def _run_mode(config, mode: str, workdir: str) -> None:
   modes = MODES_BY_TASK[config.task]
-  if FLAGS.mode == 'train':
-    train_loop.train_and_evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == 'sample':
-    modes.sample_from_checkpoint(config, FLAGS.workdir)
-  elif FLAGS.mode == 'eval':
-    modes.evaluate_checkpoint(config, FLAGS.workdir)
+  if mode == 'train':
+    train_loop.train_and_evaluate(config, workdir)
+  elif mode == 'sample':
+    modes.sample_from_checkpoint(config, workdir)
+  elif mode == 'eval':
+    modes.evaluate_checkpoint(config, workdir)
+  elif mode == 'check':
+    for name, state in checkpointing.check_all(workdir):
+      print(f'checkpoints/{name}: {state}', flush=True)
   elif config.task == 'captioning':
     caption_evaluate.write_tokenizer(config)
   else:

@@ -248,7 +248,9 @@ class Engine:
     return {key: jax.make_array_from_process_local_data(self.batch_sharding, value)
             for key, value in local_batch.items()}
 
-  def restore(self, manager, step: Optional[int] = None) -> tuple[TrainState, int]:
-    """(state, step) of checkpoint `step` (default: the latest), signature checked."""
+  def restore(self, manager, step: Optional[int] = None,
+              set_aside_broken: bool = False) -> tuple[TrainState, int]:
+    """(state, step) of checkpoint `step` (default: the newest that reads), signature checked;
+    see `checkpointing.restore_newest_intact`."""
     abstract = checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
-    return checkpointing.restore(manager, abstract, self.signature(), step)
+    return checkpointing.restore(manager, abstract, self.signature(), step, set_aside_broken)

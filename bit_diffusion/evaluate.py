@@ -20,6 +20,7 @@ from clu import metric_writers
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import outputs
 from bit_diffusion.metrics import features as features_lib
 from bit_diffusion.metrics import fid
 from bit_diffusion.tasks import images as images_lib
@@ -28,9 +29,10 @@ from bit_diffusion.tasks import images as images_lib
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Samples `config.sampling.num_samples` images from the latest checkpoint.
 
-  Writes WORKDIR/samples/samples_<step>_<sampler><steps>_td<td>[_w<guidance>].npz with keys
-  `images` (int32 [N, H, W, C], values in [0, 2**num_bits)) and `labels` (int32 [N]), and a PNG
-  grid beside it. Returns the .npz path.
+  Writes WORKDIR/samples/samples_<step>_<sampler><steps>_td<td>[_w<guidance>]_n<N>_seed<S>.npz
+  with keys `images` (int32 [N, H, W, C], values in [0, 2**num_bits)) and `labels` (int32 [N]),
+  and a PNG grid beside it. An existing file is never overwritten: the same settings sampled
+  again go to ..._2.npz, ..._3.npz (`outputs.reserve`). Returns the .npz path.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   s = config.sampling
@@ -42,12 +44,12 @@ def sample_from_checkpoint(config, workdir: str) -> str:
                                engine.seed_key(config.seed, 'sample'), labels,
                                model.batch_size(s.batch_size))
   name = f'samples_{model.step}_{s.sampler}{s.steps}_td{s.td:g}' + (
-      f'_w{s.guidance:g}' if s.guidance else '')
+      f'_w{s.guidance:g}' if s.guidance else '') + f'_n{s.num_samples}_seed{config.seed}'
   path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = outputs.reserve(path, ('.npz', '.png'))
     model.task.save_samples(images, labels, path)
-    logging.info('Wrote %s.npz and its .png grid.', path)
+    logging.info('Wrote %d samples to %s.npz and its .png grid.', len(images), path)
   return path + '.npz'
 
 
@@ -127,7 +129,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   noise, so numbers are comparable across checkpoints (0 batches skips them). With
   `eval.num_samples` > 0, FID, IS and precision/recall of that many samples follow
   (`sample_metrics`). Writes the scalars to TensorBoard (eval/...) and everything to
-  WORKDIR/eval/metrics_<step>.json; prints the sample metrics; returns the dict.
+  WORKDIR/eval/metrics_<step>.json (metrics_<step>_2.json, ... when it exists); prints the
+  sample metrics; returns the dict.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   # Missing feature-net weights fail here, before anything is restored or computed.
@@ -148,8 +151,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     writer.write_scalars(step, {k: v for k, v in results.items()
                                 if k != 'step' and isinstance(v, float)})
     writer.flush()
-    path = os.path.join(workdir, 'eval', f'metrics_{step}.json')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = outputs.reserve(os.path.join(workdir, 'eval', f'metrics_{step}'), ('.json',)) + '.json'
     with open(path, 'w') as f:
       json.dump(results, f, indent=2)
     logging.info('Eval at step %d: %s (written to %s).', step, results, path)

@@ -56,28 +56,29 @@ class LoadedModel:
 
 
 def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel:
-  """The latest checkpoint's weights in `workdir` (signature checked), without the optimizer.
+  """The newest readable checkpoint's weights in `workdir` (signature checked), without the
+  optimizer.
 
   Only the weights are read (a partial restore): sampling and scoring need neither the
-  optimizer state nor the other train-state fields. `method` defaults to the config's.
+  optimizer state nor the other train-state fields. A newer checkpoint that cannot be read is
+  reported in one log line and skipped, and left where it is (`checkpointing`).
+  `method` defaults to the config's.
   """
   method = method or methods.create(config, tasks.create(config))
   mesh = engine.create_mesh()
   graphdef, abstract_params = engine.abstract_network(method)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {manager.directory}; train first with '
-                            '--mode=train and the same --workdir.')
-  checkpointing.check_signature(manager, step, engine.checkpoint_signature(config, method))
   name = 'ema_params' if use_ema else 'params'
   shardings = distributed.param_shardings(abstract_params, mesh, config.training.param_sharding)
   target = {name: checkpointing.abstract_with_shardings(abstract_params, shardings)}
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, partial_restore=True,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
-  return LoadedModel(method=method, graphdef=graphdef, params=restored.state[name], mesh=mesh,
-                     step=step)
+
+  def read(step):
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state[name]
+  params, step = checkpointing.restore_newest_intact(
+      manager, read, engine.checkpoint_signature(config, method))
+  return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step)
 
 
 def device_multiple(mesh: Mesh, wanted: int) -> int:

@@ -215,16 +215,18 @@ def _folder_source(data_config):
   if not root or not os.path.isdir(root):
     raise FileNotFoundError(f'Image folder {root!r} not found. Set --config.data.path to a '
                             'directory of images (one subfolder per class for labels).')
-  if data_config.num_bits < 8:
-    raise ValueError(f'Folder {root} holds 8-bit images but data.num_bits='
-                     f'{data_config.num_bits}. Set --config.data.num_bits=8.')
   paths = []
   for directory, subdirs, files in os.walk(root, followlinks=True):
     subdirs[:] = sorted(d for d in subdirs if not d.startswith('.'))
     paths += [os.path.join(directory, f) for f in sorted(files)
               if f.lower().endswith(_IMAGE_EXTENSIONS) and not f.startswith('.')]
   if not paths:
-    raise FileNotFoundError(f'No images ({", ".join(_IMAGE_EXTENSIONS)}) found under {root}.')
+    raise FileNotFoundError(f'Folder {root} holds no images ({", ".join(_IMAGE_EXTENSIONS)}); '
+                            'set --config.data.path to a folder of images (one subfolder per '
+                            'class for labels).')
+  if data_config.num_bits < 8:
+    raise ValueError(f'Folder {root} holds 8-bit images but data.num_bits='
+                     f'{data_config.num_bits}. Set --config.data.num_bits=8.')
   for path in paths:  # Headers only (cheap); pixel data is checked when decoded.
     try:
       with Image.open(path) as image:

@@ -14,6 +14,7 @@ from typing import Callable
 from typing import Optional
 
 import jax
+import numpy as np
 from absl import logging
 from clu import metric_writers
 from clu import parameter_overview
@@ -26,6 +27,7 @@ from bit_diffusion import engine as engine_lib
 from bit_diffusion import generation
 from bit_diffusion import methods
 from bit_diffusion import tasks
+from bit_diffusion import workdir_lock
 
 
 def train_and_evaluate(config, workdir: str, method=None,
@@ -36,8 +38,38 @@ def train_and_evaluate(config, workdir: str, method=None,
   Writes WORKDIR/checkpoints (Orbax), TensorBoard metrics, and previews in WORKDIR/samples
   every `training.sample_every` steps and at the end. `method` defaults to the config's (built
   with its task); `on_metrics(step, scalars)` is called with every logged set of metrics.
+  Holds WORKDIR/.lock while it runs (`workdir_lock`): a second training in the same workdir
+  stops at once with WorkdirLockedError.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
+  lock = _lock_workdir(workdir)
+  try:
+    return _train(config, workdir, method, on_metrics, lock)
+  finally:
+    lock.release()
+
+
+def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+  """The workdir's lock, taken by process 0; every process raises if process 0 could not."""
+  lock = workdir_lock.WorkdirLock(workdir, active=jax.process_index() == 0)
+  error = None
+  try:
+    lock.acquire()
+  except workdir_lock.WorkdirLockedError as e:
+    error = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if failed and error is None:
+      raise workdir_lock.WorkdirLockedError(
+          f'Process 0 could not lock the workdir {workdir}; see its log.')
+  if error is not None:
+    raise error
+  return lock
+
+
+def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirLock
+           ) -> engine_lib.TrainState:
+  """The body of `train_and_evaluate`, with the workdir locked."""
   method = method or methods.create(config, tasks.create(config))
   engine_lib.check_config(config, method, jax.device_count(), jax.process_count())
   if config.training.compilation_cache:
@@ -46,17 +78,15 @@ def train_and_evaluate(config, workdir: str, method=None,
 
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
   engine = engine_lib.Engine(config, method)  # Abstract shapes only: nothing is compiled yet.
-  start_step = manager.latest_step() or 0
-  if start_step:
-    checkpointing.check_signature(manager, start_step, engine.signature())
+  state, start_step = None, 0
+  if manager.all_steps():  # The newest checkpoint that reads; broken newer ones set aside.
+    state, start_step = engine.restore(manager, set_aside_broken=True)
+    logging.info('Resumed from step %d in %s.', start_step, workdir)
   # Data problems (missing dataset, wrong shapes or values) surface before anything compiles.
   train_iter = method.task.train_iterator(config.training.batch_size, config.seed, start_step)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if start_step:
-    state, _ = engine.restore(manager, start_step)
-    logging.info('Resumed from step %d in %s.', start_step, workdir)
-  else:
+  if state is None:
     state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
     writer.write_hparams(_flat_hparams(config))
     if is_chief:
@@ -88,6 +118,8 @@ def train_and_evaluate(config, workdir: str, method=None,
 
       if step % config.training.log_every == 0 or is_last or must_save:
         _check_finite(state, manager)  # Before anything is written from this state.
+      if step % config.training.log_every == 0 or is_last or must_save:
+        lock.refresh()
       if step % config.training.log_every == 0 or is_last:
         scalars = {f'train/{k}': v for k, v in train_metrics.compute().items()}
         writer.write_scalars(step, scalars)

@@ -2,31 +2,57 @@
 
 `python -m tests.test_bad_inputs` runs these same cases and writes docs/bad_inputs.md; each test
 fails when its message no longer matches that table, and `test_docs_table_is_current` when a
-case was added or removed without rewriting it.
+case was added or removed without rewriting it. Every case also checks that nothing in its
+folder was changed, added or lost by the failed command (files made as the case's input, before
+`_inputs_ready`, are the starting point).
 """
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from bit_diffusion import analog_bits
+from bit_diffusion import checkpointing
 from bit_diffusion import engine
+from bit_diffusion import evaluate
 from bit_diffusion import input_pipeline
 from bit_diffusion import methods
 from bit_diffusion import schedules
 from bit_diffusion import tasks
 from bit_diffusion import train_loop
+from bit_diffusion import workdir_lock
 from bit_diffusion.captioning import data as caption_data
 from configs import shapes_captioning
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS_TABLE = os.path.join(REPO, 'docs', 'bad_inputs.md')
+
+
+_snapshots = {}
+
+
+def _snapshot(tmp) -> dict[str, tuple[int, int]]:
+  """{relative path: (size, mtime_ns)} of every file under `tmp`."""
+  files = {}
+  for root, _, names in os.walk(tmp):
+    for name in names:
+      path = os.path.join(root, name)
+      stat = os.stat(path)
+      files[os.path.relpath(path, tmp)] = (stat.st_size, stat.st_mtime_ns)
+  return files
+
+
+def _inputs_ready(tmp):
+  """Called by a case once it has made its input files: the folder must stay as it is now."""
+  _snapshots[tmp] = _snapshot(tmp)
 
 
 def _cli(tmp, *flags):
@@ -37,12 +63,15 @@ def _cli(tmp, *flags):
   if result.returncode == 0:
     return
   lines = result.stderr.strip().splitlines()
-  raise RuntimeError(next((line for line in lines if line.startswith('Error')), lines[-1]))
+  error = next((line for line in lines if line.startswith('Error')), lines[-1])
+  assert lines[-1] == error and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  raise RuntimeError(error)
 
 
 def _npz(tmp, **arrays):
   path = os.path.join(tmp, 'data.npz')
   np.savez(path, **arrays)
+  _inputs_ready(tmp)
   return tiny.tiny_digits(**{'data.name': 'npz', 'data.path': path})
 
 
@@ -69,6 +98,7 @@ def _corrupt_folder(tmp):
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, 'good.png'))
   with open(os.path.join(root, 'broken.png'), 'wb') as f:
     f.write(b'\x89PNG\r\n\x1a\n not really a png')
+  _inputs_ready(tmp)
   _load(tiny.tiny_digits(**{'data.name': 'folder', 'data.path': os.path.dirname(root),
                                     'data.num_bits': 8}))
 
@@ -76,12 +106,14 @@ def _corrupt_folder(tmp):
 def _other_checkpoint(tmp):
   workdir = os.path.join(tmp, 'run')
   train_loop.train_and_evaluate(tiny.tiny_digits(**{'training.num_steps': 2}), workdir)
+  _inputs_ready(tmp)
   train_loop.train_and_evaluate(tiny.tiny_digits(**{'model.base_channels': 32}), workdir)
 
 
 def _unwritable_workdir(tmp):
   blocker = os.path.join(tmp, 'file')
   open(blocker, 'w').close()
+  _inputs_ready(tmp)
   train_loop.train_and_evaluate(tiny.tiny_digits(), os.path.join(blocker, 'run'))
 
 
@@ -96,6 +128,7 @@ def _not_a_tokenizer(tmp):
   path = os.path.join(tmp, 'captions.model')
   with open(path, 'w') as f:
     f.write('this is a text file, not a SentencePiece model')
+  _inputs_ready(tmp)
   config = shapes_captioning.get_config()
   config.tokenizer.path = path
   caption_data.create_tokenizer(config)
@@ -107,9 +140,49 @@ def _too_few_token_bits(tmp):
   _method(config)
 
 
+def _saved_checkpoints(tmp, steps=(2, 4)):
+  """WORKDIR=<tmp>/run with untrained tiny-digits checkpoints at `steps` (no training)."""
+  config = tiny.tiny_digits()
+  trainer = engine.Engine(config, _method(config))
+  state = trainer.init_state(engine.seed_key(0, 'init'))
+  manager = checkpointing.create_manager(os.path.join(tmp, 'run'), 5)
+  for step in steps:
+    checkpointing.save(manager, step, state, trainer.signature())
+  manager.wait_until_finished()
+  return os.path.join(tmp, 'run')
+
+
+def _unreadable_checkpoints(tmp):
+  workdir = _saved_checkpoints(tmp)
+  for step in (2, 4):
+    with open(os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata'), 'r+b') as f:
+      f.truncate(5)
+  _inputs_ready(tmp)
+  evaluate.sample_from_checkpoint(tiny.tiny_digits(), workdir)
+
+
+def _write_lock(tmp):
+  os.makedirs(os.path.join(tmp, 'run'))
+  with open(os.path.join(tmp, 'run', '.lock'), 'w') as f:
+    json.dump({'host': 'gpu-node-7', 'pid': 4242, 'start_time': '2026-12-01 09:00:00',
+               'heartbeat': time.time(), 'command': 'main.py', 'token': 'theirs'}, f)
+  _inputs_ready(tmp)
+
+
+def _locked_workdir(tmp):
+  _write_lock(tmp)
+  train_loop.train_and_evaluate(tiny.tiny_digits(), os.path.join(tmp, 'run'))
+
+
+def _empty_folder(tmp):
+  os.makedirs(os.path.join(tmp, 'images', 'cats'))
+  _load(tiny.tiny_digits(**{'data.name': 'folder', 'data.path': os.path.join(tmp, 'images')}))
+
+
 def _object_array_npz(tmp):
   path = os.path.join(tmp, 'data.npz')
   np.savez(path, images=np.array([object()] * 4, dtype=object))
+  _inputs_ready(tmp)
   _load(tiny.tiny_digits(**{'data.name': 'npz', 'data.path': path}))
 
 
@@ -160,17 +233,41 @@ CASES = [
     ('Diffusion field set on the autoregressive baseline', lambda t: _cli(
         t, '--config=configs/shapes_captioning_ar.py', '--config.sampling.steps=10'),
      RuntimeError),
+    ('Image folder with no images in it', _empty_folder, FileNotFoundError),
+    ('Sampling label outside the classes',
+     lambda t: tasks.create(tiny.tiny_digits()).sampling_conditions(4, '3,12'), ValueError),
+    ('Sampling from a workdir with no checkpoint',
+     lambda t: evaluate.sample_from_checkpoint(tiny.tiny_digits(), os.path.join(t, 'run')),
+     FileNotFoundError),
+    ('Sampling when no checkpoint can be read (metadata cut short)', _unreadable_checkpoints,
+     checkpointing.CheckpointError),
+    ('Checking the checkpoints of a workdir that has none',
+     lambda t: checkpointing.check_all(t), FileNotFoundError),
+    ('Second training in a workdir another run holds', _locked_workdir,
+     workdir_lock.WorkdirLockedError),
+    ('Second training in a held workdir, on the command line', lambda t: (_write_lock(t), _cli(
+        t, *tiny.tiny_digits_flags())), RuntimeError),
+    ('Missing .npz file, on the command line (one line, no traceback)', lambda t: _cli(
+        t, '--config=configs/digits.py', '--config.data.name=npz',
+        f'--config.data.path={t}/nope.npz'), RuntimeError),
+    ('Sampling from a workdir with no checkpoint, on the command line', lambda t: _cli(
+        t, '--config=configs/digits.py', '--mode=sample'), RuntimeError),
 ]
 
 
 def run_case(index: int, tmp: str) -> str:
   """Runs CASES[index]; returns its message with `tmp` replaced by <tmp>, one line."""
-  _, trigger, error_type = CASES[index]
+  title, trigger, error_type = CASES[index]
+  _snapshots[tmp] = _snapshot(tmp)
   try:
     trigger(tmp)
   except error_type as e:
-    return ' '.join(str(e).replace(str(tmp), '<tmp>').split())
-  raise AssertionError(f'{CASES[index][0]}: no {error_type.__name__} was raised.')
+    message = ' '.join(str(e).replace(str(tmp), '<tmp>').split())
+  else:
+    raise AssertionError(f'{title}: no {error_type.__name__} was raised.')
+  before, after = _snapshots.pop(tmp), _snapshot(tmp)
+  assert after == before, f'{title}: the failed command changed files: {before} -> {after}'
+  return message
 
 
 def _documented_messages() -> dict[str, str]:
@@ -201,7 +298,8 @@ def write_docs_table() -> None:
            'Generated by `python -m tests.test_bad_inputs` from the cases in',
            '`tests/test_bad_inputs.py`, which fails when a message changes. `<tmp>` stands for '
            'the folder of the case. Every error is raised before anything is trained or '
-           'overwritten.', '', '| # | bad input | message |', '| --- | --- | --- |']
+           'overwritten, and the case checks that no file in its folder was changed, added or '
+           'lost.', '', '| # | bad input | message |', '| --- | --- | --- |']
   for index, (title, _, _) in enumerate(CASES):
     with tempfile.TemporaryDirectory() as tmp:
       message = run_case(index, tmp)

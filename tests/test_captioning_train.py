@@ -35,7 +35,7 @@ def test_diffusion_captioner_trains_on_shapes(diffusion_run):
 def test_sample_mode_writes_coco_results(diffusion_run):
   config, workdir, _, _ = diffusion_run
   path = evaluate.sample_from_checkpoint(config, workdir)
-  assert os.path.basename(path) == 'results_40_ddim3_td2.json'
+  assert os.path.basename(path) == 'results_40_ddim3_td2_n6_seed0.json'
   with open(path) as f:
     results = json.load(f)
   # One result per held-out image, in order, each caption the text of the sampled token ids.

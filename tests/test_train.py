@@ -63,13 +63,29 @@ def test_sample_mode_writes_integer_images(trained_workdir):
   workdir, _ = trained_workdir
   config = tiny.tiny_digits(**{'sampling.labels': '3,7', 'sampling.td': 1.0})
   path = evaluate.sample_from_checkpoint(config, workdir)
-  assert os.path.basename(path) == 'samples_4_ddim4_td1.npz'
+  assert os.path.basename(path) == 'samples_4_ddim4_td1_n12_seed0.npz'
   with np.load(path) as data:
     images, labels = data['images'], data['labels']
   assert images.shape == (12, 8, 8, 1) and images.dtype == np.int32
   assert images.min() >= 0 and images.max() < 32
   np.testing.assert_array_equal(labels[:4], [3, 7, 3, 7])
   assert os.path.exists(path[:-4] + '.png')
+
+
+def test_sampling_again_never_overwrites(trained_workdir):
+  workdir, _ = trained_workdir
+  config = tiny.tiny_digits(**{'sampling.num_samples': 3, 'sampling.steps': 1})
+  first = evaluate.sample_from_checkpoint(config, workdir)
+  again = evaluate.sample_from_checkpoint(config, workdir)  # The same settings.
+  fewer = evaluate.sample_from_checkpoint(
+      tiny.tiny_digits(**{'sampling.num_samples': 2, 'sampling.steps': 1}), workdir)
+  assert [os.path.basename(p) for p in (first, again, fewer)] == [
+      'samples_4_ddim1_td0_n3_seed0.npz', 'samples_4_ddim1_td0_n3_seed0_2.npz',
+      'samples_4_ddim1_td0_n2_seed0.npz']
+  for path, count in ((first, 3), (again, 3), (fewer, 2)):
+    with np.load(path) as data:
+      assert len(data['images']) == count
+    assert os.path.exists(path[:-4] + '.png')
 
 
 def test_eval_mode_writes_json(trained_workdir):

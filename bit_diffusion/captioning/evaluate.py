@@ -20,6 +20,7 @@ from clu import metric_writers
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import outputs
 from bit_diffusion.captioning import data as data_lib
 from bit_diffusion.captioning import scoring
 from bit_diffusion.captioning import tokens as tokens_lib
@@ -55,7 +56,8 @@ def _setting_name(config, steps: int, td: float) -> str:
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Captions `sampling.num_samples` held-out images; writes and returns the results path.
 
-  WORKDIR/captions/results_<step>_<sampler><steps>_td<td>.json ('greedy' for the AR baseline).
+  WORKDIR/captions/results_<step>_<sampler><steps>_td<td>_n<N>_seed<S>.json ('greedy' for the
+  AR baseline); an existing file is never overwritten (..._2.json, ...: `outputs.reserve`).
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
@@ -63,10 +65,11 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   image_ids, predictions, _ = caption_source(model, model.task.eval_source(),
                                              config.sampling.num_samples,
                                              engine.seed_key(config.seed, 'sample'))
-  name = _setting_name(config, *_sampling_setting(config))
+  name = (f'{_setting_name(config, *_sampling_setting(config))}_n{len(predictions)}'
+          f'_seed{config.seed}')
   path = os.path.join(workdir, 'captions', f'results_{step}_{name}.json')
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = outputs.reserve(path[:-len('.json')], ('.json',)) + '.json'
     with open(path, 'w') as f:
       json.dump([{'image_id': int(i), 'caption': c} for i, c in zip(image_ids, predictions)], f,
                 indent=0)
@@ -78,8 +81,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   """Scores the latest checkpoint on `eval.num_images` held-out images, over the sweep.
 
   Writes WORKDIR/eval/captions_<step>.json (one entry per setting) and a Markdown table
-  WORKDIR/eval/captions_<step>.md; returns {'step', 'results': [{'setting', 'steps', 'td',
-  'bleu4', 'cider', 'rouge_l', 'exact_match', 'seconds'}, ...]}.
+  WORKDIR/eval/captions_<step>.md (captions_<step>_2.* and so on when they exist); returns
+  {'step', 'results': [{'setting', 'steps', 'td', 'bleu4', 'cider', 'rouge_l', 'exact_match',
+  'seconds'}, ...]}.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
@@ -103,8 +107,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     results.append(row)
   output = {'step': step, 'num_images': len(predictions), 'results': results}
   if jax.process_index() == 0:
-    base = os.path.join(workdir, 'eval', f'captions_{step}')
-    os.makedirs(os.path.dirname(base), exist_ok=True)
+    base = outputs.reserve(os.path.join(workdir, 'eval', f'captions_{step}'), ('.json', '.md'))
     with open(base + '.json', 'w') as f:
       json.dump(output, f, indent=2)
     with open(base + '.md', 'w') as f:

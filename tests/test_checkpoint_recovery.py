@@ -1,0 +1,134 @@
+"""Damaged checkpoints: detected, skipped with one line, kept on disk; training and sampling use
+the newest intact one, and a resumed run still ends where an uninterrupted one does."""
+
+import logging
+import os
+import random
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from bit_diffusion import checkpointing
+from bit_diffusion import generation
+from bit_diffusion import train_loop
+from configs import tiny
+
+SIX_STEPS = {'training.num_steps': 6, 'training.checkpoint_every': 2, 'training.log_every': 2,
+             'training.max_checkpoints': 5}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """(workdir trained to step 4 with checkpoints 2 and 4, final params of a straight 6-step
+  run)."""
+  straight = train_loop.train_and_evaluate(tiny.tiny_digits(**SIX_STEPS),
+                                           str(tmp_path_factory.mktemp('straight')))
+  workdir = str(tmp_path_factory.mktemp('four'))
+  train_loop.train_and_evaluate(tiny.tiny_digits(**{**SIX_STEPS, 'training.num_steps': 4}),
+                                workdir)
+  return workdir, _leaves(straight.params)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _files(step_dir):
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(step_dir)
+                for name in names)
+
+
+def _truncate(path, size):
+  with open(path, 'r+b') as f:
+    f.truncate(size)
+
+
+def _host_arrays(workdir, step):
+  """Every array of checkpoint `step`, read as numpy."""
+  manager = checkpointing.create_manager(workdir, 5)
+  return [np.asarray(x) for x in jax.tree.leaves(checkpointing.read_to_host(manager, step))]
+
+
+def test_truncated_files_are_detected_or_harmless(runs, tmp_path):
+  """Each file of checkpoint 4 cut at random byte counts: `check_all` calls it broken, or the
+  cut part was never read (the arrays read back equal the intact ones)."""
+  workdir, _ = runs
+  intact_dir = os.path.join(workdir, 'checkpoints', '4')
+  rng = random.Random(0)
+  files = [os.path.relpath(f, intact_dir) for f in _files(intact_dir)]
+  intact = _host_arrays(workdir, 4)
+  detected, harmless = 0, 0
+  for case in range(16):
+    copy = str(tmp_path / f'case{case}')
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('.lock'))
+    relative = rng.choice(files)
+    if case < 4:  # Always include the largest array files and the meta item.
+      relative = max(files, key=lambda f: os.path.getsize(os.path.join(intact_dir, f))) \
+          if case < 3 else os.path.join('meta', 'metadata')
+    size = os.path.getsize(os.path.join(intact_dir, relative))
+    cut = rng.randrange(0, max(1, size - 1)) if case != 1 else 0
+    _truncate(os.path.join(copy, 'checkpoints', '4', relative), cut)
+    states = dict(checkpointing.check_all(copy))
+    assert states['2'] == 'intact'
+    if states['4'].startswith('broken: '):
+      detected += 1
+      assert '\n' not in states['4']
+    else:
+      assert states['4'] == 'intact', states
+      for a, b in zip(intact, _host_arrays(copy, 4), strict=True):
+        np.testing.assert_array_equal(a, b)
+      harmless += 1
+  assert detected >= 6, (detected, harmless)
+
+
+@pytest.mark.parametrize('relative_file', ['largest', os.path.join('meta', 'metadata')])
+def test_training_resumes_from_the_previous_checkpoint_to_the_same_end(runs, tmp_path, caplog,
+                                                                        relative_file):
+  workdir, straight = runs
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  step_dir = os.path.join(copy, 'checkpoints', '4')
+  if relative_file == 'largest':
+    path = max(_files(step_dir), key=os.path.getsize)
+  else:
+    path = os.path.join(step_dir, relative_file)
+  _truncate(path, os.path.getsize(path) // 3)
+  before = sorted(_files(step_dir))
+
+  # Sampling reads only the EMA weights: it falls back to step 2 when the cut hit them (or the
+  # meta item), else their values are intact; it leaves the broken checkpoint as it is.
+  config = tiny.tiny_digits(**SIX_STEPS)
+  model = generation.load(config, copy)
+  if relative_file != 'largest':
+    assert model.step == 2
+  if model.step == 4:
+    for a, b in zip(_leaves(generation.load(config, workdir).params), _leaves(model.params)):
+      np.testing.assert_array_equal(a, b)
+  assert sorted(_files(step_dir)) == before
+
+  caplog.set_level(logging.WARNING)
+  resumed = train_loop.train_and_evaluate(tiny.tiny_digits(**SIX_STEPS), copy)
+  warnings = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
+  assert len(warnings) >= 1 and warnings[0].startswith(f'Checkpoint 4 in {copy}')
+  assert all('\n' not in w for w in warnings)
+  for a, b in zip(straight, _leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  aside = [n for n in os.listdir(os.path.join(copy, 'checkpoints')) if '.broken-' in n]
+  assert len(aside) == 1 and aside[0].startswith('4.broken-')
+  assert sorted(_files(os.path.join(copy, 'checkpoints', aside[0]))) == sorted(
+      f.replace(step_dir, os.path.join(copy, 'checkpoints', aside[0])) for f in before)
+  assert dict(checkpointing.check_all(copy))['6'] == 'intact'
+
+
+def test_no_readable_checkpoint_is_one_clear_error(runs, tmp_path):
+  workdir, _ = runs
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  for step in ('2', '4'):
+    _truncate(os.path.join(copy, 'checkpoints', step, 'meta', 'metadata'), 3)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'No checkpoint in .* can be read \(step 4: .*; step 2: .*\)'):
+    generation.load(tiny.tiny_digits(**SIX_STEPS), copy)
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']  # Nothing moved.
