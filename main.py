@@ -110,8 +110,6 @@ def _parse_flags_or_exit(argv: list[str]) -> list[str]:
     message = message.replace('\\n', ' ').replace("\\'", "'")
     while len(message) > 1 and message[0] == message[-1] and message[0] in '"\'':
       message = message[1:-1]
-    if message.startswith("''"):
-      message = message[1:-1]
     message = ' '.join(message.split())
     if isinstance(e, (AttributeError, KeyError)):
       hint = '' if 'Did you mean' in message else _unknown_field_hint(argv, message)

@@ -529,7 +529,6 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
     jax.config.update('jax_enable_compilation_cache', False)
   from bit_diffusion import engine as engine_lib
   from bit_diffusion import methods
-  from bit_diffusion import tasks
 
   start_all = time.perf_counter()
   devices = jax.devices()
@@ -546,7 +545,7 @@ def run_child(case: str, args: argparse.Namespace) -> dict[str, Any]:
   result['compile_only'] = args.compile_only
   result['config'] = _config_summary(config)
   _log(f'{case}: building the engine')
-  method = methods.create(config, tasks.create(config))
+  method = methods.create(config)
   engine_lib.check_config(config, method, jax.device_count(), jax.process_count())
   engine = engine_lib.Engine(config, method)
   result['num_params'] = int(engine.num_params)

@@ -23,7 +23,6 @@ from bit_diffusion import checkpointing
 from bit_diffusion import distributed
 from bit_diffusion import engine
 from bit_diffusion import methods
-from bit_diffusion import tasks
 
 
 @dataclasses.dataclass
@@ -64,7 +63,7 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
   reported in one log line and skipped, and left where it is (`checkpointing`).
   `method` defaults to the config's.
   """
-  method = method or methods.create(config, tasks.create(config))
+  method = method or methods.create(config)
   mesh = engine.create_mesh()
   graphdef, abstract_params = engine.abstract_network(method)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)

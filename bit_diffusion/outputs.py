@@ -24,20 +24,26 @@ def reserve(stem: str, extensions: tuple[str, ...]) -> str:
     candidate = stem if index == 1 else f'{stem}_{index}'
     if any(epath.Path(candidate + ext).exists() for ext in extensions[1:]):
       continue
-    if _create_exclusive(candidate + extensions[0]):
+    if create_exclusive(candidate + extensions[0]):
       return candidate
   raise FileExistsError(f'{stem}: 100,000 files of that name exist; pick another workdir.')
 
 
-def _create_exclusive(path: str) -> bool:
-  """Creates an empty file at `path`; False if it exists already."""
-  if '://' in path:  # Cloud storage: no atomic create.
+def create_exclusive(path: str, text: str = '') -> bool:
+  """Creates the file `path` holding `text`; False if it exists already.
+
+  Atomic for local paths (O_CREAT | O_EXCL: of two processes exactly one creates it); on cloud
+  storage (gs://), which has no atomic create, an existence test and then a write.
+  """
+  if '://' in path:
     if epath.Path(path).exists():
       return False
-    epath.Path(path).write_bytes(b'')
+    epath.Path(path).write_text(text)
     return True
   try:
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return False
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
   return True

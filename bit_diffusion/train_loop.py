@@ -26,7 +26,6 @@ from bit_diffusion import checkpointing
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import generation
 from bit_diffusion import methods
-from bit_diffusion import tasks
 from bit_diffusion import workdir_lock
 
 
@@ -70,7 +69,7 @@ def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock:
 def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirLock
            ) -> engine_lib.TrainState:
   """The body of `train_and_evaluate`, with the workdir locked."""
-  method = method or methods.create(config, tasks.create(config))
+  method = method or methods.create(config)
   engine_lib.check_config(config, method, jax.device_count(), jax.process_count())
   if config.training.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
@@ -118,7 +117,6 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
 
       if step % config.training.log_every == 0 or is_last or must_save:
         _check_finite(state, manager)  # Before anything is written from this state.
-      if step % config.training.log_every == 0 or is_last or must_save:
         lock.refresh()
       if step % config.training.log_every == 0 or is_last:
         scalars = {f'train/{k}': v for k, v in train_metrics.compute().items()}

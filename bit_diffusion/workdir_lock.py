@@ -25,6 +25,8 @@ from typing import Optional
 from absl import logging
 from etils import epath
 
+from bit_diffusion import outputs
+
 LOCK_NAME = '.lock'
 # A lock from another host whose heartbeat is older than this is taken to be dead. The holder
 # refreshes it at most every REFRESH_EVERY_S, at log steps and checkpoint saves, so this must
@@ -102,19 +104,11 @@ class WorkdirLock:
 
   def _create(self, contents: dict[str, Any]) -> bool:
     """Writes the lock if there is none; False if one exists."""
-    text = json.dumps(contents, indent=1)
-    if '://' in os.fspath(self.path):  # Cloud storage: write, then check that it stayed ours.
-      if self.path.exists():
-        return False
-      self.path.write_text(text)
+    if not outputs.create_exclusive(os.fspath(self.path), json.dumps(contents, indent=1)):
+      return False
+    if '://' in os.fspath(self.path):  # Cloud storage: no atomic create; check it stayed ours.
       time.sleep(1.0)
       return (self._read() or {}).get('token') == self.token
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
     return True
 
   def is_stale(self, holder: dict[str, Any]) -> bool:
@@ -156,14 +150,7 @@ class WorkdirLock:
     guard = epath.Path(os.fspath(self.path) + '.takeover')
     if guard.exists() and time.time() - guard.stat().mtime > _GUARD_TIMEOUT_S:
       guard.unlink(missing_ok=True)
-    try:
-      if '://' in os.fspath(guard):
-        if guard.exists():
-          raise FileExistsError
-        guard.write_text(self.token)
-      else:
-        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
+    if not outputs.create_exclusive(os.fspath(guard), self.token):
       time.sleep(0.1)  # Someone else takes it over; the caller then meets their lock.
       return
     try:

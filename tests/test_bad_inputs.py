@@ -79,17 +79,14 @@ def _load(config):
   input_pipeline.create_source(config.data)
 
 
-def _method(config):
-  return methods.create(config, tasks.create(config))
-
 
 def _engine(**overrides):
   config = tiny.tiny_digits(**overrides)
-  engine.Engine(config, _method(config))
+  engine.Engine(config, methods.create(config))
 
 
 def _check(config, num_devices):
-  engine.check_config(config, _method(config), num_devices, 1)
+  engine.check_config(config, methods.create(config), num_devices, 1)
 
 
 def _corrupt_folder(tmp):
@@ -137,13 +134,13 @@ def _not_a_tokenizer(tmp):
 def _too_few_token_bits(tmp):
   config = shapes_captioning.get_config()
   config.data.num_bits = 3
-  _method(config)
+  methods.create(config)
 
 
 def _saved_checkpoints(tmp, steps=(2, 4)):
   """WORKDIR=<tmp>/run with untrained tiny-digits checkpoints at `steps` (no training)."""
   config = tiny.tiny_digits()
-  trainer = engine.Engine(config, _method(config))
+  trainer = engine.Engine(config, methods.create(config))
   state = trainer.init_state(engine.seed_key(0, 'init'))
   manager = checkpointing.create_manager(os.path.join(tmp, 'run'), 5)
   for step in steps:

@@ -17,7 +17,6 @@ import bench_peer  # noqa: E402
 
 from bit_diffusion import engine  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
-from bit_diffusion import tasks  # noqa: E402
 
 
 def test_overrides_change_only_their_case_after_tiny():
@@ -55,7 +54,7 @@ def test_peer_config_names_existing_fields_and_has_35m_parameters():
   args = bench.parse_args([f'--override={bench_peer.CASE}.{o}' for o in overrides])
   config = bench.build_config(bench_peer.CASE, args)
   assert config.model.head_dim == 256  # One head over the 256 channels at 16x16, as DDPM.
-  method = methods.create(config, tasks.create(config))
+  method = methods.create(config)
   engine.check_config(config, method, num_devices=1, process_count=1)
   _, params = engine.abstract_network(method)
   assert round(sum(x.size for x in jax.tree.leaves(params)) / 1e6, 1) == 35.2

@@ -9,7 +9,6 @@ import pytest
 
 from bit_diffusion import engine
 from bit_diffusion import methods
-from bit_diffusion import tasks
 from configs import tiny
 
 # Four variants cover every option value once (each variant costs one compile).
@@ -36,7 +35,7 @@ VARIANTS = {
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_variant_takes_a_finite_training_step(name):
   config = tiny.tiny_digits(**VARIANTS[name])
-  trainer = engine.Engine(config, methods.create(config, tasks.create(config)))
+  trainer = engine.Engine(config, methods.create(config))
   state = trainer.init_state(jax.random.PRNGKey(0))
   images = np.random.RandomState(0).randint(0, 17, (16, 8, 8, 1)).astype(np.int32)
   batch = trainer.global_batch({'images': images, 'labels': np.arange(16, dtype=np.int32) % 10})

@@ -14,7 +14,6 @@ import pytest
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import methods
-from bit_diffusion import tasks
 from bit_diffusion import train_loop
 from bit_diffusion.captioning import evaluate as caption_evaluate
 from tests import distributed_worker
@@ -93,7 +92,7 @@ def test_two_processes_match_one_process(single_device, tmp_path):
   # A one-process run restores the checkpoint the two processes wrote.
   config = distributed_worker.config()
   manager = checkpointing.create_manager(str(tmp_path / 'two'), 3)
-  state, step = engine.Engine(config, methods.create(config, tasks.create(config))).restore(
+  state, step = engine.Engine(config, methods.create(config)).restore(
       manager)
   assert step == distributed_worker.NUM_STEPS
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), _params(first)):

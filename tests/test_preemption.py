@@ -16,7 +16,6 @@ import numpy as np
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import methods
-from bit_diffusion import tasks
 from bit_diffusion import train_loop
 from bit_diffusion.tasks import images
 from configs import tiny
@@ -91,7 +90,7 @@ def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
   assert kills >= 5 and kills_during_save >= 1, (kills, kills_during_save)
 
   config = tiny.tiny_digits(**KILL_RUN)
-  trainer = engine.Engine(config, methods.create(config, tasks.create(config)))
+  trainer = engine.Engine(config, methods.create(config))
   manager = checkpointing.create_manager(workdir, 20)
   assert manager.latest_step() == 40
   for step in manager.all_steps():  # Every checkpoint left on disk restores.

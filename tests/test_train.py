@@ -129,11 +129,8 @@ def test_cifar10_config_trains_two_steps_under_mock_data(tmp_path, monkeypatch):
 
 def _check(config, num_devices):
   """engine.check_config of `config` with its method, on `num_devices` devices of one process."""
-  engine_lib.check_config(config, _method(config), num_devices, 1)
+  engine_lib.check_config(config, methods.create(config), num_devices, 1)
 
-
-def _method(config):
-  return methods.create(config, tasks.create(config))
 
 
 def test_bad_configs_fail_before_compiling(tmp_path):
@@ -215,7 +212,7 @@ def test_microbatch_rows_split_every_shard_and_join_back():
 def test_sampling_microbatches_give_the_same_samples():
   """cpu.sampler_microbatch_size runs the network on 3 + 3 + 2 images: the same outputs."""
   config = tiny.tiny_digits()
-  method = _method(config)
+  method = methods.create(config)
   engine = engine_lib.Engine(config, method)
   params = engine.init_state(jax.random.PRNGKey(0)).params
   model = nnx.merge(engine.graphdef, params)
@@ -228,7 +225,7 @@ def test_sampling_microbatches_give_the_same_samples():
   labels = np.arange(8, dtype=np.int32)
   images = method.make_sample_fn(engine.graphdef)(params, jax.random.PRNGKey(2), labels)
   config.cpu.sampler_microbatch_size = 3
-  images_split = _method(config).make_sample_fn(engine.graphdef)(
+  images_split = methods.create(config).make_sample_fn(engine.graphdef)(
       params, jax.random.PRNGKey(2), labels)
   # Float32 rounding may differ with the batch shape; a pixel could flip only at a threshold.
   assert np.mean(np.asarray(images) == np.asarray(images_split)) > 0.999
@@ -241,7 +238,7 @@ from bit_diffusion import engine, methods, tasks
 from configs import tiny
 assert jax.device_count() == 2, jax.devices()
 config = tiny.tiny_digits()
-method = methods.create(config, tasks.create(config))
+method = methods.create(config)
 mesh = Mesh(np.array(jax.devices()), ('data',))
 trainer = engine.Engine(config, method, mesh)
 params = trainer.init_state(jax.random.PRNGKey(0)).params
@@ -249,7 +246,7 @@ labels = np.arange(6, dtype=np.int32)
 whole = np.asarray(method.make_sample_fn(trainer.graphdef, mesh)(params, jax.random.PRNGKey(2),
                                                                  labels))
 config.cpu.sampler_microbatch_size = 4
-split_method = methods.create(config, tasks.create(config))
+split_method = methods.create(config)
 split = np.asarray(split_method.make_sample_fn(trainer.graphdef, mesh)(
     params, jax.random.PRNGKey(2), labels))
 print('equal fraction', np.mean(whole == split))
@@ -270,8 +267,8 @@ def test_sampling_microbatches_on_two_devices():
 def test_cpu_ynn_fusions_change_kernels_not_results():
   """cpu.ynn_fusions: other CPU kernels, the same state after two steps."""
   tuned_config, plain_config = tiny.tiny_digits(), tiny.tiny_digits(**{'cpu.ynn_fusions': ''})
-  tuned_engine = engine_lib.Engine(tuned_config, _method(tuned_config))
-  plain_engine = engine_lib.Engine(plain_config, _method(plain_config))
+  tuned_engine = engine_lib.Engine(tuned_config, methods.create(tuned_config))
+  plain_engine = engine_lib.Engine(plain_config, methods.create(plain_config))
   assert cpu.train_step_compiler_options(plain_config.cpu) is None
   assert 'LIBRARY_FUSION_TYPE_ELTWISE' in str(cpu.train_step_compiler_options(tuned_config.cpu))
   batch = tuned_engine.global_batch({
@@ -311,7 +308,7 @@ def test_random_streams_are_separate():
 
 def test_self_conditioning_is_switched_off_for_a_model_trained_without(caplog):
   config = tiny.tiny_digits(**{'diffusion.self_condition_rate': 0.0})
-  method = _method(config)
+  method = methods.create(config)
   assert not method.self_condition
   assert 'never saw an estimate' in caplog.text
-  assert _method(tiny.tiny_digits()).self_condition
+  assert methods.create(tiny.tiny_digits()).self_condition

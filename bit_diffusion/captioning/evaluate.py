@@ -67,9 +67,10 @@ def sample_from_checkpoint(config, workdir: str) -> str:
                                              engine.seed_key(config.seed, 'sample'))
   name = (f'{_setting_name(config, *_sampling_setting(config))}_n{len(predictions)}'
           f'_seed{config.seed}')
-  path = os.path.join(workdir, 'captions', f'results_{step}_{name}.json')
+  stem = os.path.join(workdir, 'captions', f'results_{step}_{name}')
+  path = stem + '.json'
   if jax.process_index() == 0:
-    path = outputs.reserve(path[:-len('.json')], ('.json',)) + '.json'
+    path = outputs.reserve(stem, ('.json',)) + '.json'
     with open(path, 'w') as f:
       json.dump([{'image_id': int(i), 'caption': c} for i, c in zip(image_ids, predictions)], f,
                 indent=0)
@@ -96,10 +97,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   results = []
   for steps, td in settings:
     start = time.time()
-    overrides = {} if config.method == 'autoregressive' else dict(steps=int(steps), td=float(td))
-    _, predictions, references = caption_source(
+    _, predictions, references = caption_source(  # The AR baseline ignores steps and td.
         model, source, config.eval.num_images, engine.seed_key(config.seed, 'eval_samples'),
-        **overrides)
+        steps=int(steps), td=float(td))
     scores = scoring.score(predictions, references)
     row = dict(setting=_setting_name(config, steps, td), steps=int(steps), td=float(td),
                seconds=round(time.time() - start, 1), **scores)

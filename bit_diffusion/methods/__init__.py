@@ -1,13 +1,15 @@
 """Methods: how data is generated (Bit Diffusion, the autoregressive baseline).
 
-`create(config, task)` builds the config's method for a task. Every method has the same small
-surface, used by the engine (`engine.py`) and the generation loop (`generation.py`):
+`create(config, task=None)` builds the config's method for a task (by default the config's).
+Every method has the same small surface, used by the engine (`engine.py`) and the generation
+loop (`generation.py`):
   metric_names, check(num_devices), signature(), create_network(rng),
   loss(graphdef, params, batch, rng, batch_sharding) -> (mean loss, per-example metrics),
   make_sample_fn(graphdef, mesh, **overrides) -> jitted fn(params, rng, cond) -> samples.
 docs/architecture.md has the steps to add one.
 """
 
+from bit_diffusion import tasks
 from bit_diffusion.methods import autoregressive
 from bit_diffusion.methods import bit_diffusion
 
@@ -15,9 +17,9 @@ METHODS = {'bit_diffusion': bit_diffusion.BitDiffusion,
            'autoregressive': autoregressive.Autoregressive}
 
 
-def create(config, task):
-  """The method object of `config.method` for `task`."""
+def create(config, task=None):
+  """The method object of `config.method` for `task` (default: the config's own task)."""
   if config.method not in METHODS:
     raise ValueError(f'Unknown config.method {config.method!r}; choose one of '
                      f'{tuple(METHODS)}.')
-  return METHODS[config.method](config, task)
+  return METHODS[config.method](config, task if task is not None else tasks.create(config))

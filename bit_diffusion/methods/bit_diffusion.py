@@ -92,18 +92,21 @@ class BitDiffusion:
   # The network and the data as bits.
 
   @property
+  def values_per_position(self) -> int:
+    """Integers per position: C of [H, W, C] images, 1 of [L] sequences."""
+    return self.task.example_shape[-1] if self.task.channels_last else 1
+
+  @property
   def bit_channels(self) -> int:
     """D: analog channels per position ([H, W, C] images: C * bits; [L] sequences: bits)."""
-    values = self.task.example_shape[-1] if self.task.channels_last else 1
-    return values * self.diffusion.codec.channels_per_value
+    return self.values_per_position * self.diffusion.codec.channels_per_value
 
   def create_network(self, rng: jax.Array) -> nnx.Module:
     """The task's denoiser: input the noisy bits and the self-conditioning estimate (2 D
     channels), output the raw prediction (`Diffusion.output_channels`)."""
-    values = self.task.example_shape[-1] if self.task.channels_last else 1
     return self.task.create_network(
         'denoiser', in_channels=2 * self.bit_channels,
-        out_channels=self.diffusion.output_channels(values),
+        out_channels=self.diffusion.output_channels(self.values_per_position),
         out_kernel_size=1 if self.diffusion.output == 'softmax' else 3, rng=rng)
 
   def encode(self, data: jax.Array) -> jax.Array:
