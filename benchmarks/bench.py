@@ -694,12 +694,17 @@ def main(argv: Optional[list[str]] = None) -> int:
       'cpus_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
       'load_avg_start': list(os.getloadavg()),
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      # CPU model, vector instruction sets, XLA_FLAGS (e.g. --xla_cpu_max_isa=AVX2).
+      'machine': cpu.machine_report(),
       'options': {'quick': args.quick, 'tiny': args.tiny, 'full': args.full,
                   'warm_cache': args.warm_cache, 'warm_compile': not args.no_warm_compile,
                   'matmul_size': args.matmul_size, 'sample_steps': args.sample_steps,
                   'sampler': SAMPLER, 'overrides': args.override},
       'cases': {},
   }
+  machine = report['machine']
+  _log(f"machine: {machine['cpu_model']}, {'/'.join(machine['vector_isa']).upper()}, "
+       f"XLA_FLAGS={machine['xla_flags']!r}")
   report['matmul'] = None
   report['matmul_gflops_per_sec'] = None
   if args.matmul_size > 0:

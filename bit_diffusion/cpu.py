@@ -6,6 +6,8 @@ Two entry points:
     is imported. It restarts the process once with glibc's transparent-huge-page tunable.
   * `train_step_compiler_options(config.cpu)`: the XLA options that the engine jits its train
     step with (None off CPU).
+`machine_report()` says which CPU a measurement came from (model, vector instruction sets, the
+XLA flags that restrict them), for the benchmarks' reports.
 The config group `config.cpu` holds the knobs (`ynn_fusions`, `sampler_microbatch_size`); the
 measurements behind each choice are in docs/cpu.md.
 
@@ -107,3 +109,42 @@ def train_step_compiler_options(cpu_config) -> Optional[dict[str, str]]:
     return None
   return {'xla_cpu_experimental_ynn_fusion_type':
           ','.join('LIBRARY_FUSION_TYPE_' + kind for kind in kinds)}
+
+
+# Vector instruction-set flags of /proc/cpuinfo that decide XLA:CPU's and its kernels' speed.
+VECTOR_ISA_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl',
+                    'avx512_vnni', 'avx512_bf16', 'amx_tile')
+
+
+def machine_report(cpuinfo_path: str = '/proc/cpuinfo',
+                   environ: Optional[Mapping[str, str]] = None) -> dict[str, object]:
+  """The CPU a measurement ran on and the XLA flags it ran with.
+
+  Returns {'cpu_model', 'vector_isa' (the VECTOR_ISA_FLAGS the CPU has), 'widest_isa' ('AVX512',
+  'AVX2', 'AVX', 'SSE4_2' or None), 'xla_flags' ($XLA_FLAGS), 'xla_cpu_max_isa' (the value of
+  --xla_cpu_max_isa in it, e.g. 'AVX2' when emulating an AVX2-only machine; None: unrestricted)}.
+  `--xla_cpu_max_isa` restricts XLA's generated code only; kernel libraries (YNNPACK, oneDNN,
+  Eigen's dispatch) may still use wider instructions at run time.
+  """
+  environ = os.environ if environ is None else environ
+  model, flags = None, set()
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and model is None:
+          model = value.strip()
+        elif key.strip() == 'flags' and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  vector_isa = [flag for flag in VECTOR_ISA_FLAGS if flag in flags]
+  widest = next((name for flag, name in (('avx512f', 'AVX512'), ('avx2', 'AVX2'), ('avx', 'AVX'),
+                                          ('sse4_2', 'SSE4_2')) if flag in flags), None)
+  xla_flags = environ.get('XLA_FLAGS', '')
+  max_isa = None
+  for flag in xla_flags.split():
+    if flag.startswith('--xla_cpu_max_isa='):
+      max_isa = flag.split('=', 1)[1].upper()
+  return {'cpu_model': model or platform.processor() or None, 'vector_isa': vector_isa,
+          'widest_isa': widest, 'xla_flags': xla_flags, 'xla_cpu_max_isa': max_isa}

@@ -61,18 +61,24 @@ def create_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ('data',))
 
 
-def learning_rate_schedule(optimizer_config) -> optax.Schedule:
-  """Linear warm-up, then constant (paper: 1e-4 for CIFAR-10, 10K warm-up steps).
+def learning_rate_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
+  """Linear warm-up, then constant (paper: 1e-4 for CIFAR-10, 10K warm-up steps) or cosine.
 
   Step s (counting from 0) uses lr * min(1, (s + 1) / warmup_steps), so no step is wasted at 0.
+  With optimizer.decay='cosine' that is multiplied by optax's cosine decay from 1 at the end of
+  the warm-up to 0 at step `num_steps` (training.num_steps), for short runs such as the demo.
   """
   peak, warmup = optimizer_config.learning_rate, max(1, optimizer_config.warmup_steps)
-  return lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup)
+  if optimizer_config.decay == 'constant':
+    return lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup)
+  decay = optax.cosine_decay_schedule(1.0, decay_steps=max(1, num_steps - warmup))
+  return lambda count: (peak * jnp.minimum(1.0, (count + 1) / warmup)
+                        * decay(jnp.maximum(0, count - warmup)))
 
 
-def create_optimizer(optimizer_config) -> optax.GradientTransformation:
+def create_optimizer(optimizer_config, num_steps: int) -> optax.GradientTransformation:
   """Adam (AdamW when weight_decay > 0) after global-norm clipping."""
-  schedule = learning_rate_schedule(optimizer_config)
+  schedule = learning_rate_schedule(optimizer_config, num_steps)
   if optimizer_config.weight_decay > 0:
     adam = optax.adamw(schedule, b1=optimizer_config.b1, b2=optimizer_config.b2,
                        weight_decay=optimizer_config.weight_decay)
@@ -100,6 +106,9 @@ def check_config(config, method, num_devices: int, process_count: int) -> None:
     raise ValueError(f'training.microbatch_size={microbatch} does not divide over '
                      f'{num_devices} devices; use a multiple of {num_devices}.')
   cpu.ynn_fusion_kinds(config.cpu.ynn_fusions)
+  if config.optimizer.decay not in ('constant', 'cosine'):
+    raise ValueError(f"optimizer.decay={config.optimizer.decay!r}: expected 'constant' or "
+                     "'cosine'.")
   for name in ('num_steps', 'log_every', 'checkpoint_every'):
     if config.training[name] < 1:
       raise ValueError(f'training.{name} must be >= 1, got {config.training[name]}.')
@@ -145,7 +154,7 @@ class Engine:
     self.config = config
     self.method = method
     self.mesh = mesh or create_mesh()
-    self.optimizer = create_optimizer(config.optimizer)
+    self.optimizer = create_optimizer(config.optimizer, config.training.num_steps)
     self.metrics_class = metrics_collection(method.metric_names)
     self.graphdef, abstract_params = abstract_network(method)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
@@ -212,7 +221,8 @@ class Engine:
                            opt_state=opt_state, first_nonfinite_step=first_nonfinite_step)
     step_metrics = self.metrics_class.single_from_model_output(
         **terms, grad_norm=grad_norm, param_norm=optax.global_norm(params),
-        learning_rate=learning_rate_schedule(self.config.optimizer)(state.step))
+        learning_rate=learning_rate_schedule(
+            self.config.optimizer, self.config.training.num_steps)(state.step))
     return new_state, step_metrics
 
   def _loss_and_grads(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array

@@ -23,8 +23,10 @@ def engine_config(*, task: str, method: str) -> ml_collections.ConfigDict:
 
 def optimizer_config() -> ml_collections.ConfigDict:
   optimizer = ml_collections.ConfigDict()
-  optimizer.learning_rate = 1e-4  # Constant after warm-up (paper).
+  optimizer.learning_rate = 1e-4  # Peak, reached at the end of the warm-up.
   optimizer.warmup_steps = 10_000  # Linear warm-up (authors' code).
+  # After the warm-up: 'constant' (paper) or 'cosine' (to 0 at training.num_steps).
+  optimizer.decay = 'constant'
   optimizer.b1 = 0.9
   optimizer.b2 = 0.999
   optimizer.weight_decay = 0.0  # > 0 switches Adam to AdamW.

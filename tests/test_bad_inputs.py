@@ -194,6 +194,8 @@ CASES = [
     ('Bit width too small for the data (digits need 5 bits)',
      lambda t: _load(tiny.tiny_digits(**{'data.num_bits': 4})), ValueError),
     ('Unknown noise schedule', lambda t: schedules.get_gamma_fn('cosin'), ValueError),
+    ('Unknown learning-rate decay',
+     lambda t: _check(tiny.tiny_digits(**{'optimizer.decay': 'linear'}), 1), ValueError),
     ('Image size not divisible by the U-Net downsampling',
      lambda t: _engine(**{'data.image_size': 10, 'model.channel_multipliers': (1, 2, 2)}),
      ValueError),

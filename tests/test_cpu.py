@@ -67,3 +67,29 @@ def test_reexec_restarts_once_with_the_tunable_and_the_same_arguments():
       env={**environment, 'BIT_DIFFUSION_HUGEPAGES': '0'}, capture_output=True, text=True,
       check=True)
   assert opted_out.stdout.splitlines() == ['start ', 'running  []']
+
+
+_CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni
+"""
+
+
+def test_machine_report_reads_model_isa_and_the_xla_restriction(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text(_CPUINFO)
+  emulated = cpu.machine_report(str(cpuinfo), {'XLA_FLAGS': '--xla_force_host_platform_device_'
+                                               'count=2 --xla_cpu_max_isa=avx2'})
+  assert emulated == {
+      'cpu_model': 'Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz',
+      'vector_isa': ['sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl',
+                     'avx512_vnni'],
+      'widest_isa': 'AVX512',
+      'xla_flags': '--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=avx2',
+      'xla_cpu_max_isa': 'AVX2'}
+  cpuinfo.write_text(_CPUINFO.replace(' avx512f avx512bw avx512vl avx512_vnni', ''))
+  plain = cpu.machine_report(str(cpuinfo), {})
+  assert (plain['widest_isa'], plain['xla_cpu_max_isa'], plain['xla_flags']) == ('AVX2', None, '')

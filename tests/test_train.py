@@ -312,3 +312,19 @@ def test_self_conditioning_is_switched_off_for_a_model_trained_without(caplog):
   assert not method.self_condition
   assert 'never saw an estimate' in caplog.text
   assert methods.create(tiny.tiny_digits()).self_condition
+
+
+def test_learning_rate_schedules():
+  """Warm-up to the peak, then constant or cosine to 0 at training.num_steps (exact values)."""
+  optimizer = tiny.tiny_digits(**{'optimizer.learning_rate': 1e-3,
+                                  'optimizer.warmup_steps': 10}).optimizer
+  constant = engine_lib.learning_rate_schedule(optimizer, 110)
+  optimizer.decay = 'cosine'
+  cosine = engine_lib.learning_rate_schedule(optimizer, 110)
+  steps = jnp.array([0, 4, 9, 10, 60, 85, 110])
+  np.testing.assert_allclose(constant(steps), [1e-4, 5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3],
+                             rtol=1e-6)
+  # After the warm-up, 1e-3 * (1 + cos(pi * (s - 10) / 100)) / 2.
+  np.testing.assert_allclose(cosine(steps), [1e-4, 5e-4, 1e-3, 1e-3, 5e-4,
+                                             1e-3 * (1 + np.cos(0.75 * np.pi)) / 2, 0.0],
+                             rtol=1e-5, atol=1e-9)
