@@ -81,7 +81,8 @@ def sample_metrics(config, model: generation.LoadedModel,
   reference = features_lib.reference_statistics(config, extractor, max_value)
   sample_fn = model.make_sample_fn(**sampling_overrides)
   settings = dict(sampler=config.sampling.sampler, steps=config.sampling.steps,
-                  td=config.sampling.td, guidance=config.sampling.guidance)
+                  td=config.sampling.td, guidance=config.sampling.guidance,
+                  use_ema=config.sampling.use_ema)
   settings.update({k: v for k, v in sampling_overrides.items() if k in settings})
   labels = model.task.sampling_conditions(num_samples)
   batch_size = model.batch_size(config.sampling.batch_size)
@@ -123,7 +124,8 @@ def format_sample_metrics(results: dict[str, Any]) -> str:
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
-  """Scores the latest checkpoint's EMA weights: diffusion loss and sample metrics.
+  """Scores the latest checkpoint (EMA weights unless sampling.use_ema=False): diffusion loss
+  and sample metrics.
 
   The loss, x0 error and bit error are averaged over `config.eval.num_batches` batches with fixed
   noise, so numbers are comparable across checkpoints (0 batches skips them). With
@@ -135,7 +137,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   workdir = checkpointing.ensure_writable_dir(workdir)
   # Missing feature-net weights fail here, before anything is restored or computed.
   net = features_lib.create_feature_net(config.eval) if config.eval.num_samples else None
-  model = generation.load(config, workdir)
+  model = generation.load(config, workdir, config.sampling.use_ema)
   step = model.step
   results = {}
   if config.eval.num_batches:

@@ -97,6 +97,9 @@ def test_eval_mode_writes_json(trained_workdir):
   assert {k for k in results if k != 'step'} == {'eval/loss', 'eval/x0_mse', 'eval/bit_error'}
   # Fixed noise and batches: the same checkpoint scores the same, so checkpoints compare.
   assert evaluate.evaluate_checkpoint(tiny.tiny_digits(), workdir) == results
+  # sampling.use_ema=False scores the online weights (4 steps from the EMA's start: they differ).
+  online = evaluate.evaluate_checkpoint(tiny.tiny_digits(**{'sampling.use_ema': False}), workdir)
+  assert online['eval/loss'] != results['eval/loss']
 
 
 def test_checkpoint_from_another_config_is_refused(trained_workdir):
