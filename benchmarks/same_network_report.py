@@ -72,9 +72,13 @@ def summary(report: dict[str, Any]) -> list[str]:
     lines.append(f'  parameters: ours {bench_check.get("num_params_ours", 0):,}, PyTorch '
                  f'{bench_check.get("num_params_torch", 0):,}; outputs with our parameters '
                  f'differ by at most {_number(bench_check.get("max_abs_diff_eager"), 2)}')
+  sizes = [size for size, result in check.items() if isinstance(result, dict) and 'torch' in result]
   lines.append(f'  check {"passed" if check.get("passed") else "FAILED or not run"} '
-               f'(sizes {[s for s in check if isinstance(check[s], dict)]}, '
-               f'tolerance {check.get("tolerance")})')
+               f'(sizes {sizes}, tolerance {check.get("tolerance")})')
+  load, cpus = report.get('load_avg_start', [0.0])[0], report.get('cpu_count') or 1
+  if load > 0.5 * cpus:
+    lines.append(f'  WARNING: load average {load:.1f} on {cpus} CPUs at the start: a busy machine '
+                 "(PyTorch's OpenMP threads suffer most); compare numbers from an idle one")
   if steps != REPORTED_STEPS:
     lines.append(f'  sampling: {steps} DDIM steps timed, rates scaled to {REPORTED_STEPS} steps')
   header = (f'  {"batch":>5}  {"":<24} {"ours":>9} {"torch eager":>12} {"torch.compile":>14} '

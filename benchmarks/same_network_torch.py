@@ -153,7 +153,7 @@ class Trainer:
         torch._foreach_lerp_(self.ema, self.params, 1.0 - opt['ema_decay'])
     self.optimizer.zero_grad(set_to_none=True)
     self.step_count += 1
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.inference_mode()
