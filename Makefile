@@ -59,7 +59,9 @@ eval-caption: install
 bench: install
 	@$(PY) benchmarks/bench.py
 
-# The PyTorch port (PyPI `bit-diffusion`, lucidrains) beside ours: benchmarks/bench_peer.py.
+# The PyTorch port (PyPI `bit-diffusion`, lucidrains) beside ours, and our own U-Net transcribed
+# to PyTorch (eager and torch.compile, checked first to be the same network): bench_peer.py.
+# ARGS=--check-same-network runs only that check.
 # Its own venv: CPU torch 2.13.0 (the local wheel) and the port without its torchvision
 # dependency (PyPI's torchvision does not import beside CPU torch; the port's model needs none).
 PEER_VENV := .venv-peer

@@ -1,8 +1,18 @@
-"""Side by side: the PyTorch port (PyPI `bit-diffusion`) and ours, train step and sampler.
+"""Side by side: ours, our U-Net in PyTorch, and the PyTorch port; train step and sampler.
 
   make bench-peer                       (creates .venv-peer first: CPU torch 2.13.0 and the port)
   make bench-peer ARGS=--quick          (smoke test: batch 8, 5 sampling steps, few train steps)
+  make bench-peer ARGS=--check-same-network   (only the check that the two U-Nets are the same)
   .venv/bin/python benchmarks/bench_peer.py --peer-python=.venv-peer/bin/python --output=x.json
+
+Same network: our U-Net at the size below (the 35.2M config of ours) transcribed to PyTorch
+(benchmarks/unet_torch.py), run by benchmarks/same_network_torch.py eagerly and with
+`torch.compile`: our train step (loss, self-conditioning, Adam, clipping, EMA) and our DDIM
+sampler with self-conditioning, against ours, at the same batch sizes. First, before any timing,
+benchmarks/same_network.py checks that it is the same network (`--check-sizes`: equal parameter
+counts, our parameters loaded by name, outputs within 1e-4); the timing is skipped if it fails.
+The rates are images/s and ours / the faster PyTorch variant; the sampler's are given at 100
+steps, scaled from the `--sample-steps` timed (`sampler_steps_timed`).
 
 Both sides: 32x32x3 8-bit images, unconditional, float32, on this machine in one run, at batch 8
 and 32 (`--batch-sizes`); the train step with self-conditioning at rate 0.5 and the 100-step DDIM
@@ -33,7 +43,8 @@ counts elementwise ops, normalisation and the optimizer) is reported beside ours
 `xla_gflops_per_sec`. The two networks differ, so FLOPs per image differ: compare achieved
 GFLOP/s (how well each uses the CPU) and images/s (what a user gets) together.
 
-Prints one JSON object to stdout (logs go to stderr); `--output=PATH` also writes it.
+Prints one JSON object to stdout (logs go to stderr), then a readable summary to stderr (also in
+the JSON as `summary`); `--output=PATH` also writes the JSON.
 """
 
 import argparse
@@ -44,6 +55,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 from typing import Optional
@@ -51,8 +63,11 @@ from typing import Optional
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO_ROOT, 'benchmarks', 'bench.py')
 PEER = os.path.join(REPO_ROOT, 'benchmarks', 'peer_torch.py')
+SAME_NETWORK = os.path.join(REPO_ROOT, 'benchmarks', 'same_network.py')
+SAME_NETWORK_TORCH = os.path.join(REPO_ROOT, 'benchmarks', 'same_network_torch.py')
 sys.path.insert(0, os.path.dirname(BENCH))
 import bench  # noqa: E402  (no jax at import; its cases run in subprocesses)
+import same_network_report  # noqa: E402
 from bench import cpu  # noqa: E402
 
 CASE = 'cifar10_small'
@@ -88,6 +103,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   parser.add_argument('--sample-repeats', type=int, default=None,
                       help='Timed sampling batches per side after the first (default 2; '
                       '--quick 1).')
+  parser.add_argument('--check-same-network', action='store_true',
+                      help='Only check that our U-Net and its PyTorch transcription are the same '
+                      'network (--check-sizes), then stop.')
+  parser.add_argument('--check-sizes', default='tiny,bench',
+                      help="same_network.py's sizes checked before the timing (default "
+                      'tiny,bench: a 0.23M U-Net and the timed 35.2M one).')
+  parser.add_argument('--torch-variants', default='eager,compiled',
+                      help='The PyTorch U-Net runs timed (default eager,compiled; "" skips the '
+                      'same-network timing).')
   parser.add_argument('--output', default='', help='Also write the JSON to this file.')
   args = parser.parse_args(argv)
   if args.sample_repeats is None:
@@ -124,11 +148,37 @@ def run_peer(args: argparse.Namespace) -> dict[str, Any]:
   command = [args.peer_python, '-I', PEER, f'--batch-sizes={args.batch_sizes}',
              f'--sample-steps={args.sample_steps}', f'--matmul-size={args.matmul_size}']
   command.append(f'--sample-repeats={args.sample_repeats}')
-  if args.quick:
-    command += ['--warmup-steps=1', '--min-steps=2', '--min-seconds=0']
-  report, seconds, error = _run_json(command)
+  report, seconds, error = _run_json(command + _quick_train_options(args))
   if report is None:
     return {'error': f'peer_torch.py failed: {error}', 'seconds': seconds}
+  report['seconds'] = seconds
+  return report
+
+
+def _quick_train_options(args: argparse.Namespace) -> list[str]:
+  return ['--warmup-steps=1', '--min-steps=2', '--min-seconds=0'] if args.quick else []
+
+
+def check_same_network(args: argparse.Namespace, spec_path: str) -> dict[str, Any]:
+  """same_network.py's check (and the timed network's spec, to `spec_path`)."""
+  command = [sys.executable, SAME_NETWORK, f'--peer-python={args.peer_python}',
+             f'--sizes={args.check_sizes}', f'--spec={spec_path}']
+  command += [f'--ours={o}' for o in args.ours]
+  report, seconds, error = _run_json(command)
+  if report is None:
+    return {'passed': False, 'error': f'same_network.py failed: {error}', 'seconds': seconds}
+  report['seconds'] = seconds
+  return report
+
+
+def run_same_network_torch(args: argparse.Namespace, spec_path: str) -> dict[str, Any]:
+  """same_network_torch.py's timing of our U-Net, train step and sampler in PyTorch."""
+  command = [args.peer_python, '-I', SAME_NETWORK_TORCH, f'--spec={spec_path}',
+             f'--batch-sizes={args.batch_sizes}', f'--variants={args.torch_variants}',
+             f'--sample-steps={args.sample_steps}', f'--sample-repeats={args.sample_repeats}']
+  report, seconds, error = _run_json(command + _quick_train_options(args))
+  if report is None:
+    return {'error': f'same_network_torch.py failed: {error}', 'seconds': seconds}
   report['seconds'] = seconds
   return report
 
@@ -186,25 +236,41 @@ def compare(ours: dict[str, Any], peer: dict[str, Any], jax_matmul: Optional[flo
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  """Runs the port, then ours per batch size; prints the side-by-side JSON."""
+  """Checks the same network, runs the port, our U-Net in PyTorch, then ours per batch size;
+  prints the side-by-side JSON and the summary."""
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   start = time.perf_counter()
-  report: dict[str, Any] = {
-      'command': shlex.join([sys.executable, sys.argv[0], *argv]),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'hostname': platform.node(),
-      'cpu_count': os.cpu_count(),
-      'load_avg_start': list(os.getloadavg()),
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
-      'shape': [32, 32, 3], 'num_bits': 8, 'batch_sizes': args.batch_list,
-      'sample_steps': args.sample_steps, 'sampler': 'ddim', 'quick': args.quick,
-      'ours_overrides': list(OURS) + args.ours,
-      'flops_counted': 'convolutions and matrix products, 2 per multiply-add (both sides)',
-  }
-  _log('the PyTorch port')
-  peer = run_peer(args)
-  report['peer'] = peer
+  with tempfile.TemporaryDirectory(prefix='bench_peer_') as tmp:
+    spec_path = os.path.join(tmp, 'spec.json')
+    _log('is our U-Net in PyTorch the same network? (benchmarks/same_network.py)')
+    check = check_same_network(args, spec_path)
+    if args.check_same_network:
+      bench.emit_report(check, args.output, _log)
+      return 0 if check.get('passed') else 1
+    report: dict[str, Any] = {
+        'command': shlex.join([sys.executable, sys.argv[0], *argv]),
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'hostname': platform.node(),
+        'cpu_count': os.cpu_count(),
+        'load_avg_start': list(os.getloadavg()),
+        'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+        'shape': [32, 32, 3], 'num_bits': 8, 'batch_sizes': args.batch_list,
+        'sample_steps': args.sample_steps, 'sampler': 'ddim', 'quick': args.quick,
+        'ours_overrides': list(OURS) + args.ours,
+        'flops_counted': 'convolutions and matrix products, 2 per multiply-add (both sides)',
+    }
+    same: dict[str, Any] = {'check': check, 'sampler_steps_timed': args.sample_steps,
+                            'sampling_images_per_sec_at_steps': same_network_report.REPORTED_STEPS}
+    report['same_network'] = same
+    _log('the PyTorch port')
+    peer = run_peer(args)
+    report['peer'] = peer
+    if check.get('passed') and args.torch_variants:
+      _log('our U-Net in PyTorch (benchmarks/same_network_torch.py)')
+      same['torch'] = run_same_network_torch(args, spec_path)
+    elif args.torch_variants:
+      _log('the same-network check failed: our U-Net in PyTorch is not timed')
   ours_runs = {}
   for i, batch_size in enumerate(args.batch_list):
     _log(f'ours, batch {batch_size}')
@@ -218,9 +284,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   report['num_params'] = {
       'ours': next((r['cases'][CASE].get('num_params') for r in ours_runs.values()
                     if 'cases' in r), None),
-      'peer': peer.get('model', {}).get('num_params')}
+      'peer': peer.get('model', {}).get('num_params'),
+      'ours_in_torch': same.get('torch', {}).get('num_params')}
   report['comparison'] = {}
+  same['comparison'] = {}
   failed = ['peer'] if 'error' in peer else []
+  if not check.get('passed'):
+    failed.append('same-network check')
+  if 'error' in same.get('torch', {}):
+    failed.append('our U-Net in PyTorch')
   for batch, run in ours_runs.items():
     case = run.get('cases', {}).get(CASE)
     if case is None or 'error' in case or 'error' in run:
@@ -230,10 +302,16 @@ def main(argv: Optional[list[str]] = None) -> int:
       report['comparison'][batch] = compare(case, peer['batches'][str(batch)],
                                             report['matmul_gflops_per_sec']['jax'],
                                             report['matmul_gflops_per_sec']['torch'])
+    torch_runs = same.get('torch', {}).get('batches', {}).get(str(batch))
+    if torch_runs:
+      same['comparison'][batch] = same_network_report.compare_same_network(
+          case, torch_runs, args.sample_steps)
   report['load_avg_end'] = list(os.getloadavg())
   report['total_seconds'] = time.perf_counter() - start
+  report['summary'] = same_network_report.summary(report)
 
   bench.emit_report(report, args.output, _log)
+  print('\n'.join(report['summary']), file=sys.stderr, flush=True)
   if failed:
     _log(f'failed: {failed}')
     return 1
