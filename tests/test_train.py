@@ -24,6 +24,7 @@ from bit_diffusion import train_loop
 from bit_diffusion.methods import bit_diffusion
 from configs import tiny
 from tests import recording
+from tests import subprocesses
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -256,8 +257,7 @@ assert np.mean(whole == split) > 0.999
 
 def test_sampling_microbatches_on_two_devices():
   """Each device splits its own rows (3 each: microbatches of 2 + 1 per device)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
+  env = subprocesses.env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SAMPLING], cwd=_REPO, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
