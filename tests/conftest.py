@@ -18,3 +18,24 @@ from tests import subprocesses  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', subprocesses.MIN_COMPILE_SECONDS)
+
+# Test files that take longest (subprocesses, several compiles), longest first. pytest-xdist's
+# `--dist loadfile` hands out whole files in collection order, and by default first reorders them
+# by their number of tests, which put these few-test files last: one worker then ran them alone
+# at the end. Started first, they overlap with the many short files on the other worker.
+SLOWEST_FILES = ('test_preemption.py', 'test_distributed.py', 'test_workdir_lock.py',
+                 'test_train.py', 'test_config_variants.py', 'test_checkpoint_recovery.py',
+                 'test_digits_metrics.py', 'test_captioning_train.py', 'test_bad_inputs.py')
+
+
+def pytest_configure(config):
+  if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist: keep the order below.
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the files of SLOWEST_FILES first, in that order; the others keep theirs."""
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+  items.sort(key=rank)
