@@ -1,5 +1,6 @@
 """Training end to end on tiny configs: resume equals straight-through, the loss falls, modes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -216,12 +217,18 @@ def test_sampling_microbatches_give_the_same_samples():
   method = methods.create(config)
   engine = engine_lib.Engine(config, method)
   params = engine.init_state(jax.random.PRNGKey(0)).params
-  model = nnx.merge(engine.graphdef, params)
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 2 * method.bit_channels))
   gamma = jnp.linspace(0.1, 0.9, 8)
   labels = jnp.arange(8) % 10
-  whole = model(x, gamma, labels)
-  split = bit_diffusion.run_in_microbatches(model, (x, gamma, labels), 3)
+
+  # Jitted, as in the sampler (run eagerly, the network's ~200 ops would each compile, for each
+  # of the three batch sizes).
+  @functools.partial(jax.jit, static_argnums=4)
+  def network(params, x, gamma, labels, microbatch_size):
+    model = nnx.merge(engine.graphdef, params)
+    return bit_diffusion.run_in_microbatches(model, (x, gamma, labels), microbatch_size)
+  whole = network(params, x, gamma, labels, 0)
+  split = network(params, x, gamma, labels, 3)
   np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)
   labels = np.arange(8, dtype=np.int32)
   images = method.make_sample_fn(engine.graphdef)(params, jax.random.PRNGKey(2), labels)
