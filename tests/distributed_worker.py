@@ -1,16 +1,13 @@
 """One process of a multi-device or multi-process run, for tests/test_distributed.py.
 
-  python -m tests.distributed_worker --workdir=W --out=OUT.npz
-      [--param_shardings=replicated,fsdp] [--captions]
-      [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
+  python -m tests.distributed_worker --workdir=W --out=OUT.npz [--param_sharding=fsdp]
+      [--captions] [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
 
-Trains the tiny digits config with train_and_evaluate once per parameter sharding, one after the
-other in W/<sharding> (one process start for all), then writes to OUT.npz the final parameters
-of each (gathered from all processes, as <sharding>_param_<i>), the process and device counts,
-and the example indices this process read at every step. With --captions it also trains the
-tiny shapes captioner (its training previews are generated across the processes) and captions
-held-out images with `--mode=sample`'s code, whose results JSON path goes to OUT.npz as
-`captions`.
+Trains the tiny digits config with train_and_evaluate, then writes the final parameters
+(gathered from all processes), the process and device counts, and the example indices this
+process read at every step, to OUT.npz. With --captions it also trains the tiny shapes
+captioner (its training previews are generated across the processes) and captions held-out
+images with `--mode=sample`'s code, whose results JSON path goes to OUT.npz as `captions`.
 """
 
 import os
@@ -36,7 +33,7 @@ from configs import tiny  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
-flags.DEFINE_list('param_shardings', ['replicated'], 'training.param_sharding of each run.')
+flags.DEFINE_string('param_sharding', 'replicated', 'training.param_sharding.')
 flags.DEFINE_bool('captions', False, 'Also train and sample the tiny captioner.')
 flags.DEFINE_string('coordinator_address', '', 'HOST:PORT of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Number of processes.')
@@ -60,22 +57,21 @@ def caption_config():
 
 def main(_):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  params = {}
-  for sharding in FLAGS.param_shardings:
-    state = train_loop.train_and_evaluate(config(sharding), os.path.join(FLAGS.workdir, sharding))
-    for i, leaf in enumerate(jax.tree.leaves(state.params)):
-      params[f'{sharding}_param_{i}'] = np.asarray(
-          multihost_utils.process_allgather(leaf, tiled=True))
-  cfg = config()
+  jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.pytest_cache', 'jax'))
+  cfg = config(FLAGS.param_sharding)
+  state = train_loop.train_and_evaluate(cfg, FLAGS.workdir)
   iterator = tasks.create(cfg).train_iterator(cfg.training.batch_size, cfg.seed)
   indices = np.stack([iterator.indices_at(step) for step in range(NUM_STEPS)])
+  params = [np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+            for leaf in jax.tree.leaves(state.params)]
   captions = ''
   if FLAGS.captions:
     caption_workdir = os.path.join(FLAGS.workdir, 'captions')
     train_loop.train_and_evaluate(caption_config(), caption_workdir)
     captions = caption_evaluate.sample_from_checkpoint(caption_config(), caption_workdir)
   np.savez(FLAGS.out, indices=indices, process_count=jax.process_count(),
-           device_count=jax.device_count(), captions=captions, **params)
+           device_count=jax.device_count(), captions=captions,
+           **{f'param_{i}': p for i, p in enumerate(params)})
 
 
 if __name__ == '__main__':
