@@ -1,7 +1,8 @@
 """Shared test set-up: CPU only, quiet TensorFlow, and JAX's persistent compilation cache.
 
 The cache (under .pytest_cache/jax) lets repeated runs skip XLA compiles that cost 5-30 s each on
-a 2-core CPU. Tests that need several CPU devices run in a subprocess with XLA_FLAGS set.
+a 2-core CPU; the tests' subprocesses share it (tests/subprocesses.py). Tests that need several
+CPU devices run in a subprocess with XLA_FLAGS set.
 """
 
 import os
@@ -13,7 +14,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-_CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          '.pytest_cache', 'jax')
-jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+from tests import subprocesses  # noqa: E402
+
+jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', subprocesses.MIN_COMPILE_SECONDS)
+
+# Test files that take longest (subprocesses, several compiles), longest first. pytest-xdist's
+# `--dist loadfile` hands out whole files in collection order, and by default first reorders them
+# by their number of tests, which put these few-test files last: one worker then ran them alone
+# at the end. Started first, they overlap with the many short files on the other worker.
+SLOWEST_FILES = ('test_preemption.py', 'test_distributed.py', 'test_workdir_lock.py',
+                 'test_train.py', 'test_config_variants.py', 'test_checkpoint_recovery.py',
+                 'test_digits_metrics.py', 'test_captioning_train.py', 'test_bad_inputs.py')
+
+
+def pytest_configure(config):
+  if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist: keep the order below.
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the files of SLOWEST_FILES first, in that order; the others keep theirs."""
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+  items.sort(key=rank)

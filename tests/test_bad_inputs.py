@@ -31,6 +31,7 @@ from bit_diffusion import workdir_lock
 from bit_diffusion.captioning import data as caption_data
 from configs import shapes_captioning
 from configs import tiny
+from tests import subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS_TABLE = os.path.join(REPO, 'docs', 'bad_inputs.md')
@@ -59,7 +60,7 @@ def _cli(tmp, *flags):
   """Runs main.py with flags; raises RuntimeError with the error line it printed on failure."""
   result = subprocess.run([sys.executable, 'main.py', f'--workdir={tmp}/run', *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3'))
+                          env=subprocesses.env())
   if result.returncode == 0:
     return
   lines = result.stderr.strip().splitlines()

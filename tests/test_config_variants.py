@@ -10,6 +10,7 @@ import pytest
 from bit_diffusion import engine
 from bit_diffusion import methods
 from configs import tiny
+from tests import subprocesses
 
 # Four variants cover every option value once (each variant costs one compile).
 VARIANTS = {
@@ -51,7 +52,8 @@ def test_variant_takes_a_finite_training_step(name):
 def test_unknown_config_key_is_refused_by_the_cli(tmp_path):
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/digits.py', f'--workdir={tmp_path}',
-       '--config.model.base_chanels=3'], capture_output=True, text=True, timeout=120)
+       '--config.model.base_chanels=3'], capture_output=True, text=True, timeout=120,
+      env=subprocesses.env())
   assert result.returncode != 0
   assert 'Did you mean "base_channels"' in result.stderr
   assert not (tmp_path / 'checkpoints').exists()  # Nothing was started.

@@ -17,6 +17,7 @@ from bit_diffusion import train_loop
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import fid
 from configs import tiny
+from tests import subprocesses
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,8 +90,8 @@ _SHARDING_SCRIPT = textwrap.dedent('''
 
 
 def test_features_do_not_depend_on_the_device_split(cache_dir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu', PYTHONPATH=REPO_ROOT)
+  env = subprocesses.env(XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                         PYTHONPATH=REPO_ROOT)
   result = subprocess.run([sys.executable, '-c', _SHARDING_SCRIPT, cache_dir], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -17,14 +17,15 @@ from bit_diffusion import methods
 from bit_diffusion import train_loop
 from bit_diffusion.captioning import evaluate as caption_evaluate
 from tests import distributed_worker
+from tests import subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_workers(tmp_path, name, num_processes=1, devices_per_process=1, *flags):
   """Starts the worker processes; returns each one's results (dicts of arrays)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  env = subprocesses.env(
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
   extra = []
   if num_processes > 1:
     with socket.socket() as s:

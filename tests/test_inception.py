@@ -15,6 +15,7 @@ from bit_diffusion import input_pipeline
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import inception
 from configs import cifar10
+from tests import subprocesses
 
 
 @pytest.fixture(scope='module')
@@ -130,7 +131,7 @@ def test_eval_command_without_weights_fails_before_restoring(tmp_path):
              f'--workdir={tmp_path}/run', '--config.eval.num_batches=0',
              f'--config.eval.cache_dir={tmp_path}/cache', '--config.eval.download=False']
   result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                          env=subprocesses.env())
   assert result.returncode != 0
   assert inception.WEIGHTS_URL in result.stderr
   assert 'tools/convert_inception_weights.py' in result.stderr

@@ -19,24 +19,41 @@ from bit_diffusion import methods
 from bit_diffusion import train_loop
 from bit_diffusion.tasks import images
 from configs import tiny
+from tests import subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _start(workdir, log_path, **overrides):
   """Starts main.py on the tiny digits config in a subprocess; its log goes to log_path."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   command = [sys.executable, 'main.py', f'--workdir={workdir}',
              *tiny.tiny_digits_flags(**overrides)]
   log = open(log_path, 'a')
-  return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  return subprocess.Popen(command, cwd=REPO, env=subprocesses.env(), stdout=log,
+                          stderr=subprocess.STDOUT)
 
 
-def _logged_steps(log_path) -> int:
-  """The highest step whose metrics the run has logged so far (0 if none)."""
-  with open(log_path) as f:
-    steps = re.findall(r'\] \[(\d+)\] train/', f.read())
-  return max((int(s) for s in steps), default=0)
+class LoggedSteps:
+  """The highest step whose metrics a run has logged so far (0 if none), read incrementally:
+  the tests poll it every few milliseconds, and rereading the whole log each time would take
+  CPU from the training they watch."""
+
+  def __init__(self, log_path):
+    self._log_path = log_path
+    self._offset = 0
+    self._partial_line = b''
+    self._highest = 0
+
+  def __call__(self) -> int:
+    if os.path.getsize(self._log_path) > self._offset:
+      with open(self._log_path, 'rb') as f:
+        f.seek(self._offset)
+        text = self._partial_line + f.read()
+      self._offset += len(text) - len(self._partial_line)
+      complete, _, self._partial_line = text.rpartition(b'\n')
+      steps = re.findall(rb'\] \[(\d+)\] train/', complete)
+      self._highest = max([self._highest, *(int(s) for s in steps)])
+    return self._highest
 
 
 def _wait_for(condition, timeout, what):
@@ -52,39 +69,39 @@ def _params(state):
 
 
 KILL_RUN = {'training.num_steps': 40, 'training.checkpoint_every': 4, 'training.log_every': 1,
-            'training.max_checkpoints': 20, 'training.compilation_cache': True}
+            'training.max_checkpoints': 20}
 
 
 def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
   straight = train_loop.train_and_evaluate(tiny.tiny_digits(**KILL_RUN),
                                       str(tmp_path / 'straight'))
   workdir, log_path = str(tmp_path / 'killed'), str(tmp_path / 'killed.log')
+  logged_steps = LoggedSteps(log_path)
   rng = random.Random(0)
   kills, kills_during_save = 0, 0
   for attempt in range(15):
     process = _start(workdir, log_path, **KILL_RUN)
-    if kills >= 5 and kills_during_save:
-      assert process.wait(timeout=300) == 0, open(log_path).read()[-3000:]
-      break
-    start = _logged_steps(log_path)
-    if kills_during_save == 0 and kills >= 1:  # Kill while Orbax writes a checkpoint.
-      pattern = os.path.join(workdir, 'checkpoints', '*orbax-checkpoint-tmp*')
-      try:
+    try:
+      if kills >= 5 and kills_during_save:
+        assert process.wait(timeout=300) == 0, open(log_path).read()[-3000:]
+        break
+      start = logged_steps()
+      if kills_during_save == 0 and kills >= 1:  # Kill while Orbax writes a checkpoint.
+        pattern = os.path.join(workdir, 'checkpoints', '*orbax-checkpoint-tmp*')
         _wait_for(lambda: glob.glob(pattern) or process.poll() is not None, 300,
                   'a checkpoint write')
-      except TimeoutError:
-        process.kill()
-        raise
-      if process.poll() is None:
+        if process.poll() is None:
+          process.send_signal(signal.SIGKILL)
+          kills_during_save += 1
+      else:  # Kill after a random number of further steps.
+        target = start + rng.randint(1, 6)
+        _wait_for(lambda: logged_steps() >= target or process.poll() is not None, 300,
+                  f'step {target}')
+        time.sleep(rng.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
-        kills_during_save += 1
-    else:  # Kill after a random number of further steps.
-      target = start + rng.randint(1, 6)
-      _wait_for(lambda: _logged_steps(log_path) >= target or process.poll() is not None, 300,
-                f'step {target}')
-      time.sleep(rng.uniform(0.0, 0.05))
-      process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+      process.wait(timeout=60)
+    finally:  # A failed wait leaves no training running on.
+      process.kill()
     if process.returncode == -signal.SIGKILL:
       kills += 1
   assert kills >= 5 and kills_during_save >= 1, (kills, kills_during_save)
@@ -104,10 +121,11 @@ def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
 def test_sigterm_saves_at_the_step_reached_and_exits_cleanly(tmp_path):
   workdir, log_path = str(tmp_path / 'run'), str(tmp_path / 'run.log')
   overrides = {'training.num_steps': 100_000, 'training.checkpoint_every': 100_000,
-               'training.log_every': 1, 'training.compilation_cache': True}
+               'training.log_every': 1}
   process = _start(workdir, log_path, **overrides)
+  logged_steps = LoggedSteps(log_path)
   try:
-    _wait_for(lambda: _logged_steps(log_path) >= 3 or process.poll() is not None, 300, 'step 3')
+    _wait_for(lambda: logged_steps() >= 3 or process.poll() is not None, 300, 'step 3')
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0
   finally:

@@ -1,5 +1,6 @@
 """Training end to end on tiny configs: resume equals straight-through, the loss falls, modes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from bit_diffusion import train_loop
 from bit_diffusion.methods import bit_diffusion
 from configs import tiny
 from tests import recording
+from tests import subprocesses
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,12 +220,18 @@ def test_sampling_microbatches_give_the_same_samples():
   method = methods.create(config)
   engine = engine_lib.Engine(config, method)
   params = engine.init_state(jax.random.PRNGKey(0)).params
-  model = nnx.merge(engine.graphdef, params)
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 2 * method.bit_channels))
   gamma = jnp.linspace(0.1, 0.9, 8)
   labels = jnp.arange(8) % 10
-  whole = model(x, gamma, labels)
-  split = bit_diffusion.run_in_microbatches(model, (x, gamma, labels), 3)
+
+  # Jitted, as in the sampler (run eagerly, the network's ~200 ops would each compile, for each
+  # of the three batch sizes).
+  @functools.partial(jax.jit, static_argnums=4)
+  def network(params, x, gamma, labels, microbatch_size):
+    model = nnx.merge(engine.graphdef, params)
+    return bit_diffusion.run_in_microbatches(model, (x, gamma, labels), microbatch_size)
+  whole = network(params, x, gamma, labels, 0)
+  split = network(params, x, gamma, labels, 3)
   np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)
   labels = np.arange(8, dtype=np.int32)
   images = method.make_sample_fn(engine.graphdef)(params, jax.random.PRNGKey(2), labels)
@@ -259,8 +267,7 @@ assert np.mean(whole == split) > 0.999
 
 def test_sampling_microbatches_on_two_devices():
   """Each device splits its own rows (3 each: microbatches of 2 + 1 per device)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
+  env = subprocesses.env(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SAMPLING], cwd=_REPO, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

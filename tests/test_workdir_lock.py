@@ -88,9 +88,9 @@ def test_two_trainings_in_one_workdir_then_sigkill_then_a_new_run(tmp_path):
               'training.log_every': 1}
   first = test_preemption._start(workdir, str(tmp_path / 'first.log'), **long_run)
   try:
-    test_preemption._wait_for(
-        lambda: test_preemption._logged_steps(str(tmp_path / 'first.log')) >= 1
-        or first.poll() is not None, 300, 'the first run to train')
+    first_steps = test_preemption.LoggedSteps(str(tmp_path / 'first.log'))
+    test_preemption._wait_for(lambda: first_steps() >= 1 or first.poll() is not None, 300,
+                              'the first run to train')
     assert first.poll() is None, open(tmp_path / 'first.log').read()[-3000:]
     started = time.time()
     second = test_preemption._start(workdir, str(tmp_path / 'second.log'), **long_run)
@@ -105,8 +105,7 @@ def test_two_trainings_in_one_workdir_then_sigkill_then_a_new_run(tmp_path):
   finally:
     first.kill()
   assert os.path.exists(os.path.join(workdir, '.lock'))  # Left behind by the killed run.
-  third = test_preemption._start(workdir, str(tmp_path / 'third.log'),
-                                 **{'training.compilation_cache': True})
+  third = test_preemption._start(workdir, str(tmp_path / 'third.log'))
   assert third.wait(timeout=300) == 0, open(tmp_path / 'third.log').read()[-3000:]
   assert 'Taking over the stale lock' in open(tmp_path / 'third.log').read()
   assert not os.path.exists(os.path.join(workdir, '.lock'))
