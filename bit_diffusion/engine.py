@@ -167,7 +167,8 @@ class Engine:
                               out_shardings=(self.state_sharding, self.replicated),
                               donate_argnums=0,
                               compiler_options=cpu.train_step_compiler_options(config.cpu))
-    self._jitted_init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+    self._jitted_init = jax.jit(self._init_state, out_shardings=self.state_sharding,
+                                compiler_options=cpu.init_compiler_options())
 
   def signature(self) -> dict[str, Any]:
     return checkpoint_signature(self.config, self.method)
