@@ -27,15 +27,19 @@ def get_config():
   config.model.num_res_blocks = 2
   config.model.attention_resolutions = (4,)
 
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 200
-  config.optimizer.ema_decay = 0.999
+  # A short run that ends well: a high peak learning rate, cosine decay to 0 at the last step and
+  # a short EMA (README "The embedded default" has the measured time and metrics, and the earlier
+  # 4,000-step schedule it replaced).
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_steps = 100
+  config.optimizer.decay = 'cosine'
+  config.optimizer.ema_decay = 0.995
 
-  config.training.batch_size = 64
-  config.training.num_steps = 4000
+  config.training.batch_size = 32
+  config.training.num_steps = 1500
   config.training.log_every = 100
-  config.training.checkpoint_every = 1000
-  config.training.sample_every = 1000
+  config.training.checkpoint_every = 750
+  config.training.sample_every = 750
   config.training.num_grid_samples = 100
 
   config.sampling.steps = 100

@@ -2,17 +2,18 @@
 
   python tools/ablate.py [--workdir=runs/ablate] [--steps=1500] [--num_samples=898]
 
-Trains configs/digits.py for `--steps` steps (shorter than the demo's 4,000) once per training
-variant, then scores each with the digits metrics (FID, IS, precision/recall in the features of
-the cached digits classifier, against half B of the data; half A gives the real-vs-real floor):
+Trains configs/digits.py for `--steps` steps (its learning rate decays to 0 at the last one) once
+per training variant, then scores each with the digits metrics (FID, IS, precision/recall in the
+features of the cached digits classifier, against half B of the data; half A gives the
+real-vs-real floor):
 
 - encodings (paper Table 1): binary, Gray, permuted (fixed random permutation of the values),
   one-hot; all with self-conditioning, scored with DDIM 100 steps;
 - self-conditioning off (trained and sampled without it), binary;
 - samplers: DDIM and DDPM at several step counts, and td (the paper's asymmetric time interval,
   in steps) at 10 DDIM steps, on the binary model above and on the demo model
-  (`--demo_workdir`, configs/digits.py trained for its full 4,000 steps; `make demo` trains it,
-  and so does this script when the workdir has no finished checkpoint).
+  (`--demo_workdir`, configs/digits.py trained for its training.num_steps; `make demo` trains
+  it, and so does this script when the workdir has no finished checkpoint).
 
 Each training lives in WORKDIR/<variant> and each score in WORKDIR/results.json, so a stopped
 run resumes where it was. Writes the table to --output (docs/ablations.md) with the time taken.
@@ -43,8 +44,8 @@ flags.DEFINE_string('workdir', 'runs/ablate', 'Where the variants train and resu
 flags.DEFINE_integer('steps', 1500, 'Training steps per variant.')
 flags.DEFINE_integer('num_samples', 898, 'Samples scored per row (898 = real half A).')
 flags.DEFINE_string('output', 'docs/ablations.md', 'The markdown table.')
-flags.DEFINE_string('demo_workdir', 'runs/digits', 'The demo model (configs/digits.py, 4,000 '
-                    'steps) for the sampler rows; trained there if missing. Empty: skip.')
+flags.DEFINE_string('demo_workdir', 'runs/digits', 'The demo model (configs/digits.py as it is) '
+                    'for the sampler rows; trained there if missing. Empty: skip.')
 FLAGS = flags.FLAGS
 
 # name -> (config overrides, description)
@@ -56,7 +57,9 @@ TRAININGS = {
     'no_self_cond': ({'diffusion.self_condition_rate': 0.0, 'sampling.self_condition': False},
                      'binary, no self-conditioning'),
 }
-DEMO_DESCRIPTION = 'demo model: binary, self-cond., 4,000 steps'
+DEMO_STEPS = digits.get_config().training.num_steps
+DEMO_BATCH = digits.get_config().training.batch_size
+DEMO_DESCRIPTION = f'demo model: binary, self-cond., {DEMO_STEPS:,} steps'
 
 DEFAULT_SAMPLER = {'sampler': 'ddim', 'steps': 100, 'td': 0.0}
 # Sampling rows on the binary model (the DDIM 100 row is the binary training row).
@@ -135,8 +138,8 @@ def table(results: dict, total_seconds: float) -> str:
       '',
       f'Written by `make ablate` (`python tools/ablate.py --steps={FLAGS.steps} '
       f'--num_samples={FLAGS.num_samples}`). Each model is configs/digits.py trained for '
-      f'{FLAGS.steps} steps (the demo trains 4,000), batch 64, seed 0; the sampler rows reuse '
-      'the binary model and the demo model (`runs/digits`, the full 4,000 steps). Metrics are '
+      f'{FLAGS.steps} steps (the demo trains {DEMO_STEPS:,}), batch {DEMO_BATCH}, seed 0; the '
+      'sampler rows reuse the binary model and the demo model (`runs/digits`). Metrics are '
       'in the feature space of the cached digits classifier '
       '(`bit_diffusion/metrics/digits_classifier.py`), '
       f'{FLAGS.num_samples} class-balanced samples against the real half B '
