@@ -115,7 +115,9 @@ def test_checkpoint_from_another_config_is_refused(trained_workdir):
 def test_loss_falls_on_a_small_dataset(tmp_path):
   config = tiny.tiny_digits(**{
       'training.num_steps': 60, 'training.log_every': 20, 'training.checkpoint_every': 60,
-      'optimizer.warmup_steps': 10, 'training.batch_size': 32})
+      'optimizer.warmup_steps': 10, 'training.batch_size': 32,
+      # A constant rate: the demo's cosine decay would have it near 0 for the last logged steps.
+      'optimizer.learning_rate': 1e-3, 'optimizer.decay': 'constant'})
   _, losses = recording.train_recording_losses(config, str(tmp_path))
   assert len(losses) == 3
   assert losses[-1] < 0.6 * losses[0], losses
@@ -326,8 +328,8 @@ def test_self_conditioning_is_switched_off_for_a_model_trained_without(caplog):
 
 def test_learning_rate_schedules():
   """Warm-up to the peak, then constant or cosine to 0 at training.num_steps (exact values)."""
-  optimizer = tiny.tiny_digits(**{'optimizer.learning_rate': 1e-3,
-                                  'optimizer.warmup_steps': 10}).optimizer
+  optimizer = tiny.tiny_digits(**{'optimizer.learning_rate': 1e-3, 'optimizer.warmup_steps': 10,
+                                  'optimizer.decay': 'constant'}).optimizer
   constant = engine_lib.learning_rate_schedule(optimizer, 110)
   optimizer.decay = 'cosine'
   cosine = engine_lib.learning_rate_schedule(optimizer, 110)
