@@ -69,11 +69,11 @@ def learning_rate_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
   the warm-up to 0 at step `num_steps` (training.num_steps), for short runs such as the demo.
   """
   peak, warmup = optimizer_config.learning_rate, max(1, optimizer_config.warmup_steps)
+  warmed_up = lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup)
   if optimizer_config.decay == 'constant':
-    return lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup)
+    return warmed_up
   decay = optax.cosine_decay_schedule(1.0, decay_steps=max(1, num_steps - warmup))
-  return lambda count: (peak * jnp.minimum(1.0, (count + 1) / warmup)
-                        * decay(jnp.maximum(0, count - warmup)))
+  return lambda count: warmed_up(count) * decay(jnp.maximum(0, count - warmup))
 
 
 def create_optimizer(optimizer_config, num_steps: int) -> optax.GradientTransformation:
