@@ -30,6 +30,7 @@ from bit_diffusion import train_loop  # noqa: E402
 from bit_diffusion.captioning import evaluate as caption_evaluate  # noqa: E402
 from configs import shapes_captioning  # noqa: E402
 from configs import tiny  # noqa: E402
+from tests import subprocesses  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
@@ -57,7 +58,7 @@ def caption_config():
 
 def main(_):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.pytest_cache', 'jax'))
+  jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
   cfg = config(FLAGS.param_sharding)
   state = train_loop.train_and_evaluate(cfg, FLAGS.workdir)
   iterator = tasks.create(cfg).train_iterator(cfg.training.batch_size, cfg.seed)

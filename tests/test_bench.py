@@ -17,6 +17,7 @@ import bench_peer  # noqa: E402
 
 from bit_diffusion import engine  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
+from tests import subprocesses  # noqa: E402
 
 
 def test_overrides_change_only_their_case_after_tiny():
@@ -68,12 +69,11 @@ def _assert_positive(section, keys):
 
 def test_quick_tiny_digits_bench_writes_positive_numbers(tmp_path):
   output = tmp_path / 'bench.json'
-  cache_dir = os.path.join(REPO_ROOT, '.pytest_cache', 'jax')  # The tests' cache (conftest).
   command = [sys.executable, os.path.join('benchmarks', 'bench.py'), '--quick', '--tiny',
-             '--cases=digits', f'--output={output}', '--warm-cache', f'--cache-dir={cache_dir}']
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  process = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+             '--cases=digits', f'--output={output}', '--warm-cache',
+             f'--cache-dir={subprocesses.CACHE_DIR}']  # The tests' cache.
+  process = subprocess.run(command, cwd=REPO_ROOT, env=subprocesses.env(), capture_output=True,
+                           text=True, timeout=300)
   assert process.returncode == 0, process.stderr[-4000:]
   report = json.loads(process.stdout)  # Only the JSON goes to stdout; logs go to stderr.
   with open(output) as f:
