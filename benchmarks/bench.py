@@ -64,6 +64,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+import timing  # noqa: E402  (benchmarks/, beside this file)
+
 from bit_diffusion import config_overrides  # noqa: E402  (ml_collections only)
 from bit_diffusion import cpu  # noqa: E402  (imports no jax at module level)
 
@@ -363,13 +365,12 @@ def bench_train(engine, timed: bool, args: argparse.Namespace) -> dict[str, Any]
   result['first_step_seconds'] = time.perf_counter() - start
   for i in range(args.warmup_steps):
     state = step(state, i + 1)
-  times = []
-  begin = time.perf_counter()
-  while len(times) < args.max_steps and (
-      len(times) < args.min_steps or time.perf_counter() - begin < args.min_seconds):
-    start = time.perf_counter()
-    state = step(state, len(times))
-    times.append(time.perf_counter() - start)
+  def timed_step(i):
+    nonlocal state
+    state = step(state, i)
+
+  times = timing.timed_calls(timed_step, min_steps=args.min_steps, min_seconds=args.min_seconds,
+                             max_steps=args.max_steps)
   median = statistics.median(times)
   result.update(
       timed_steps=len(times), warmup_steps=args.warmup_steps, step_seconds_median=median,
@@ -670,6 +671,27 @@ def run_case_subprocess(case: str, argv: list[str]) -> dict[str, Any]:
   return result
 
 
+def report_header(argv: list[str], log) -> dict[str, Any]:
+  """Where and how a benchmark ran (bench.py and bench_peer.py): command, date, git revision,
+  host, CPUs, load, glibc tunables and the machine (CPU model, vector instruction sets,
+  XLA_FLAGS such as --xla_cpu_max_isa=AVX2); the machine also goes to `log`."""
+  machine = cpu.machine_report()
+  log(f"machine: {machine['cpu_model']}, {'/'.join(machine['vector_isa']).upper()}, "
+      f"XLA_FLAGS={machine['xla_flags']!r}")
+  return {
+      'command': shlex.join([_shorter_path(sys.executable), sys.argv[0], *argv]),
+      'cwd': os.getcwd(),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'git_revision': _git_revision(),
+      'hostname': platform.node(),
+      'cpu_count': os.cpu_count(),
+      'cpus_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
+      'load_avg_start': list(os.getloadavg()),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      'machine': machine,
+  }
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   """Runs the cases (or, with --child, one case); returns the exit status."""
   argv = sys.argv[1:] if argv is None else argv
@@ -684,27 +706,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
   start = time.perf_counter()
-  report: dict[str, Any] = {
-      'command': shlex.join([_shorter_path(sys.executable), sys.argv[0], *argv]),
-      'cwd': os.getcwd(),
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'git_revision': _git_revision(),
-      'hostname': platform.node(),
-      'cpu_count': os.cpu_count(),
-      'cpus_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else None,
-      'load_avg_start': list(os.getloadavg()),
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
-      # CPU model, vector instruction sets, XLA_FLAGS (e.g. --xla_cpu_max_isa=AVX2).
-      'machine': cpu.machine_report(),
-      'options': {'quick': args.quick, 'tiny': args.tiny, 'full': args.full,
-                  'warm_cache': args.warm_cache, 'warm_compile': not args.no_warm_compile,
-                  'matmul_size': args.matmul_size, 'sample_steps': args.sample_steps,
-                  'sampler': SAMPLER, 'overrides': args.override},
-      'cases': {},
-  }
-  machine = report['machine']
-  _log(f"machine: {machine['cpu_model']}, {'/'.join(machine['vector_isa']).upper()}, "
-       f"XLA_FLAGS={machine['xla_flags']!r}")
+  report = report_header(argv, _log)
+  report['options'] = {'quick': args.quick, 'tiny': args.tiny, 'full': args.full,
+                       'warm_cache': args.warm_cache, 'warm_compile': not args.no_warm_compile,
+                       'matmul_size': args.matmul_size, 'sample_steps': args.sample_steps,
+                       'sampler': SAMPLER, 'overrides': args.override}
+  report['cases'] = {}
   report['matmul'] = None
   report['matmul_gflops_per_sec'] = None
   if args.matmul_size > 0:

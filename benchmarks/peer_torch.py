@@ -29,6 +29,10 @@ import sys
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # Run with -I: not on the path.
+
+import timing  # noqa: E402
+
 os.environ.setdefault('TQDM_DISABLE', '1')  # The port's sampler shows a tqdm bar per batch.
 
 
@@ -125,16 +129,12 @@ def bench_batch(batch_size: int, args: argparse.Namespace) -> dict:
 
   for _ in range(args.warmup_steps):
     train_step()
-  times = {1: [], 2: []}
-  begin = time.perf_counter()
-  steps = 0
-  while steps < args.max_steps and (steps < args.min_steps
-                                    or time.perf_counter() - begin < args.min_seconds):
-    start = time.perf_counter()
-    n = train_step()
-    times[n].append(time.perf_counter() - start)
-    steps += 1
-  plain, self_cond = times[1], times[2]
+  passes = []  # 1 or 2 network passes per timed step (the port self-conditions at random).
+  seconds = timing.timed_calls(lambda i: passes.append(train_step()), min_steps=args.min_steps,
+                               min_seconds=args.min_seconds, max_steps=args.max_steps)
+  steps = len(seconds)
+  plain = [s for s, n in zip(seconds, passes) if n == 1]
+  self_cond = [s for s, n in zip(seconds, passes) if n == 2]
   if plain and self_cond:
     expected = 0.5 * statistics.median(plain) + 0.5 * statistics.median(self_cond)
   else:

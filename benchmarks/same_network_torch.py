@@ -41,6 +41,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+import timing  # noqa: E402
 import torch  # noqa: E402
 import unet_torch  # noqa: E402
 
@@ -188,13 +189,11 @@ def bench_variant(variant: str, batch_size: int, spec: dict, args: argparse.Name
   train['first_step_seconds'] = time.perf_counter() - start  # With compiling, if any.
   for i in range(args.warmup_steps):
     trainer.step(batches[i % 2])
-  times = []
-  begin = time.perf_counter()
-  while len(times) < args.max_steps and (len(times) < args.min_steps
-                                         or time.perf_counter() - begin < args.min_seconds):
-    start = time.perf_counter()
-    loss = trainer.step(batches[len(times) % 2])
-    times.append(time.perf_counter() - start)
+  losses = []
+  times = timing.timed_calls(lambda i: losses.append(trainer.step(batches[i % 2])),
+                             min_steps=args.min_steps, min_seconds=args.min_seconds,
+                             max_steps=args.max_steps)
+  loss = losses[-1]
   median = statistics.median(times)
   train.update(timed_steps=len(times), warmup_steps=args.warmup_steps,
                step_seconds_median=median, step_seconds_min=min(times),
