@@ -51,7 +51,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -248,18 +247,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.check_same_network:
       bench.emit_report(check, args.output, _log)
       return 0 if check.get('passed') else 1
-    report: dict[str, Any] = {
-        'command': shlex.join([sys.executable, sys.argv[0], *argv]),
-        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'hostname': platform.node(),
-        'cpu_count': os.cpu_count(),
-        'load_avg_start': list(os.getloadavg()),
-        'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+    report = bench.report_header(argv, _log)
+    report.update({
         'shape': [32, 32, 3], 'num_bits': 8, 'batch_sizes': args.batch_list,
         'sample_steps': args.sample_steps, 'sampler': 'ddim', 'quick': args.quick,
         'ours_overrides': list(OURS) + args.ours,
         'flops_counted': 'convolutions and matrix products, 2 per multiply-add (both sides)',
-    }
+    })
     same: dict[str, Any] = {'check': check, 'sampler_steps_timed': args.sample_steps,
                             'sampling_images_per_sec_at_steps': same_network_report.REPORTED_STEPS}
     report['same_network'] = same
