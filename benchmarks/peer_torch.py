@@ -174,14 +174,8 @@ def bench_batch(batch_size: int, args: argparse.Namespace) -> dict:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--batch-sizes', default='8,32')
+  timing.add_arguments(parser)
   parser.add_argument('--dim', type=int, default=64, help="The port's Unet width (default 64).")
-  parser.add_argument('--sample-steps', type=int, default=100)
-  parser.add_argument('--warmup-steps', type=int, default=2)
-  parser.add_argument('--min-steps', type=int, default=6)
-  parser.add_argument('--min-seconds', type=float, default=10.0)
-  parser.add_argument('--max-steps', type=int, default=50)
-  parser.add_argument('--sample-repeats', type=int, default=2)
   parser.add_argument('--matmul-size', type=int, default=4096)
   parser.add_argument('--output', default='')
   args = parser.parse_args()

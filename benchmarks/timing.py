@@ -4,9 +4,21 @@ Standard library only: the main venv (bench.py) and the peer venv (peer_torch.py
 same_network_torch.py) both import it.
 """
 
+import argparse
 import time
 from typing import Any
 from typing import Callable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The timing flags of the PyTorch scripts (bench.py has its own, with --quick defaults)."""
+  parser.add_argument('--batch-sizes', default='8,32')
+  parser.add_argument('--sample-steps', type=int, default=100)
+  parser.add_argument('--sample-repeats', type=int, default=2)
+  parser.add_argument('--warmup-steps', type=int, default=2)
+  parser.add_argument('--min-steps', type=int, default=6)
+  parser.add_argument('--min-seconds', type=float, default=10.0)
+  parser.add_argument('--max-steps', type=int, default=50)
 
 
 def timed_calls(call: Callable[[int], Any], *, min_steps: int, min_seconds: float,
