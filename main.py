@@ -18,25 +18,14 @@ from bit_diffusion import cpu
 cpu.reexec_with_hugepages()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import jax  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bit_diffusion import checkpointing  # noqa: E402
-from bit_diffusion import distributed  # noqa: E402
-from bit_diffusion import evaluate  # noqa: E402
-from bit_diffusion import train_loop  # noqa: E402
-from bit_diffusion import workdir_lock  # noqa: E402
-from bit_diffusion.captioning import evaluate as caption_evaluate  # noqa: E402
+# JAX, TensorFlow (CLU's writers) and the library take seconds to import: they are imported in
+# main(), after the flags parsed, so that a mistake on the command line is reported at once.
 
-# Each task's sample and eval modes.
-MODES_BY_TASK = {'image': evaluate, 'captioning': caption_evaluate}
-# Errors a user can cause (config, data, checkpoints, workdir): one line, no traceback, unless
-# --debug or BIT_DIFFUSION_DEBUG=1.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
-               workdir_lock.WorkdirLockedError, checkpointing.CheckpointError)
+TASKS = ('image', 'captioning')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
@@ -60,29 +49,39 @@ flags.DEFINE_bool('debug', False, 'Show the full traceback of errors such as bad
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if config.task not in TASKS:
+    raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of {TASKS}.')
+  import jax
+  from absl import logging
+
+  from bit_diffusion import checkpointing
+  from bit_diffusion import distributed
+  from bit_diffusion import workdir_lock
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  # Hide accelerators from TensorFlow, used only for data loading and logging.
-  try:
+  if jax.default_backend() == 'gpu':  # TensorFlow (TFDS data loading) must leave GPUs to JAX.
     import tensorflow as tf
     tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  config = FLAGS.config
-  if config.task not in MODES_BY_TASK:
-    raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of '
-                         f'{tuple(MODES_BY_TASK)}.')
+  # Errors a user can cause (config, data, checkpoints, workdir): one line, no traceback, unless
+  # --debug or BIT_DIFFUSION_DEBUG=1.
+  user_errors = (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
+                 workdir_lock.WorkdirLockedError, checkpointing.CheckpointError)
   try:
     _run_mode(config, FLAGS.mode, FLAGS.workdir)
-  except USER_ERRORS as e:
+  except user_errors as e:
     if FLAGS.debug or os.environ.get('BIT_DIFFUSION_DEBUG') == '1':
       raise
     sys.exit('Error: ' + ' '.join(str(e).split()))
 
 
 def _run_mode(config, mode: str, workdir: str) -> None:
-  modes = MODES_BY_TASK[config.task]
+  from bit_diffusion import checkpointing
+  from bit_diffusion import evaluate
+  from bit_diffusion import train_loop
+  from bit_diffusion.captioning import evaluate as caption_evaluate
+  modes = {'image': evaluate, 'captioning': caption_evaluate}[config.task]
   if mode == 'train':
     train_loop.train_and_evaluate(config, workdir)
   elif mode == 'sample':

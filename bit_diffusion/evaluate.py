@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import metric_writer
 from bit_diffusion import outputs
 from bit_diffusion.metrics import features as features_lib
 from bit_diffusion.metrics import fid
@@ -149,10 +149,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
       print(f'Step {step}: ' + format_sample_metrics(metrics), flush=True)
   results['step'] = step
   if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(workdir)
+    writer = metric_writer.create_writer(workdir)
     writer.write_scalars(step, {k: v for k, v in results.items()
                                 if k != 'step' and isinstance(v, float)})
-    writer.flush()
+    writer.close()
     path = outputs.reserve(os.path.join(workdir, 'eval', f'metrics_{step}'), ('.json',)) + '.json'
     with open(path, 'w') as f:
       json.dump(results, f, indent=2)

@@ -16,9 +16,7 @@ from typing import Optional
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from clu import parameter_overview
-from clu import periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -26,6 +24,7 @@ from bit_diffusion import checkpointing
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import generation
 from bit_diffusion import methods
+from bit_diffusion import metric_writer
 from bit_diffusion import workdir_lock
 
 
@@ -84,7 +83,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   # Data problems (missing dataset, wrong shapes or values) surface before anything compiles.
   train_iter = method.task.train_iterator(config.training.batch_size, config.seed, start_step)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = metric_writer.create_writer(workdir, just_logging=not is_chief)
   if state is None:
     state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
     writer.write_hparams(_flat_hparams(config))
@@ -94,8 +93,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   logging.info('Model with %d parameters on %d devices.', engine.num_params, jax.device_count())
 
   num_steps = config.training.num_steps
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  hooks = [report_progress] if is_chief else []
+  progress = metric_writer.ProgressReport(num_steps, writer)
   preview = Preview(config, engine)
 
   preemption = PreemptionWatcher()
@@ -109,8 +107,8 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
       step += 1
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(
           step_metrics)
-      for hook in hooks:
-        hook(step)
+      if is_chief:
+        progress(step)
       is_last = step == num_steps
       preempted = preemption.reached(step)
       must_save = step % config.training.checkpoint_every == 0 or is_last or preempted
@@ -125,7 +123,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
           on_metrics(step, scalars)
         train_metrics = None
       if must_save:
-        with report_progress.timed('checkpoint'):
+        with progress.timed('checkpoint'):
           checkpointing.save(manager, step, state, engine.signature())
       if preempted:
         logging.warning('Preempted: saved the checkpoint of step %d in %s and stopped. Run the '
@@ -133,13 +131,13 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
         break
       sample_every = config.training.sample_every
       if (sample_every and step % sample_every == 0) or is_last:
-        with report_progress.timed('sample'):
+        with progress.timed('sample'):
           preview.write(state, step, workdir, writer)
   finally:
     preemption.close()
     manager.wait_until_finished()
     train_iter.close()
-    writer.flush()
+    writer.close()
   return state
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import metric_writer
 from bit_diffusion import outputs
 from bit_diffusion.captioning import data as data_lib
 from bit_diffusion.captioning import scoring
@@ -112,10 +112,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
       json.dump(output, f, indent=2)
     with open(base + '.md', 'w') as f:
       f.write(results_table(results))
-    writer = metric_writers.create_default_writer(workdir)
+    writer = metric_writer.create_writer(workdir)
     writer.write_scalars(step, {f'eval/{results[-1]["setting"]}/{k}': results[-1][k]
                                 for k in ('bleu4', 'cider', 'rouge_l', 'exact_match')})
-    writer.flush()
+    writer.close()
     logging.info('Wrote %s.json and .md', base)
   return output
 
