@@ -55,8 +55,11 @@ class MetricWriter:
     self._records.write(event.SerializeToString())
 
   def _write(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
+    """One event, flushed at once: TensorBoard shows it while training runs on (writes come every
+    `training.log_every` steps, so a flush each costs nothing), and a killed run loses none."""
     if self._records is not None:
       self._add_event(event_pb2.Event(step=int(step), summary=summary_pb2.Summary(value=values)))
+      self._records.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Each value (a Python, NumPy or JAX scalar) under its name."""

@@ -31,9 +31,9 @@ def test_tensorboard_reads_back_what_was_written(tmp_path):
   writer.write_images(10, {'samples': grid[None]})
   writer.write_images(10, {'rgb': np.full((4, 5, 3), 0.5, np.float32)})
   writer.write_texts(10, {'captions': 'a red square  \na blue circle'})
+  events = _read_back(tmp_path)  # Before close: each write is flushed, as TensorBoard reads live.
   writer.close()
 
-  events = _read_back(tmp_path)
   assert [(s.step, s.value) for s in events.Scalars('train/loss')] == [(5, 0.25), (10, 0.5)]
   assert [(s.step, s.value) for s in events.Scalars('train/bit_error')] == [(5, 0.125)]
   image, = events.Images('samples')
