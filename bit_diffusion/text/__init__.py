@@ -1,0 +1,1 @@
+"""Text generation and infilling with Bit Diffusion (in progress: the corpus layer)."""
