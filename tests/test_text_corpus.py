@@ -75,3 +75,14 @@ def test_bad_corpora_get_clear_errors(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='No .txt files under the folder'):
     corpus.read_corpus(str(tmp_path / 'empty'))
+
+
+def test_embedded_corpus_is_the_public_domain_asv_text():
+  text = corpus.embedded_corpus()
+  assert len(text) == 4_150_340
+  assert text.startswith('\nIn the beginning God created the heavens and the earth.')
+  vocab = corpus.CharacterVocabulary('text8')
+  ids = vocab.encode(text)
+  assert ids.min() >= 0 and ids.max() == 26  # Every character maps into text8's alphabet.
+  assert corpus.CharacterVocabulary('bytes').decode(
+      corpus.CharacterVocabulary('bytes').encode(text)) == text
