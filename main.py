@@ -8,6 +8,7 @@
 Kept short on purpose: the logic lives in `bit_diffusion/`, where it is tested.
 """
 
+import importlib
 import os
 import sys
 
@@ -22,10 +23,12 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-# JAX, TensorFlow (CLU's writers) and the library take seconds to import: they are imported in
-# main(), after the flags parsed, so that a mistake on the command line is reported at once.
+# JAX and the library take seconds to import: they are imported in main(), after the flags
+# parsed, so that a mistake on the command line is reported at once.
 
-TASKS = ('image', 'captioning')
+# The module of each task's sample and eval modes.
+MODES_BY_TASK = {'image': 'bit_diffusion.evaluate',
+                 'captioning': 'bit_diffusion.captioning.evaluate'}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
@@ -50,8 +53,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config
-  if config.task not in TASKS:
-    raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of {TASKS}.')
+  if config.task not in MODES_BY_TASK:
+    raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of '
+                         f'{tuple(MODES_BY_TASK)}.')
   import jax
   from absl import logging
 
@@ -78,10 +82,8 @@ def main(argv):
 
 def _run_mode(config, mode: str, workdir: str) -> None:
   from bit_diffusion import checkpointing
-  from bit_diffusion import evaluate
   from bit_diffusion import train_loop
-  from bit_diffusion.captioning import evaluate as caption_evaluate
-  modes = {'image': evaluate, 'captioning': caption_evaluate}[config.task]
+  modes = importlib.import_module(MODES_BY_TASK[config.task])
   if mode == 'train':
     train_loop.train_and_evaluate(config, workdir)
   elif mode == 'sample':
@@ -92,7 +94,7 @@ def _run_mode(config, mode: str, workdir: str) -> None:
     for name, state in checkpointing.check_all(workdir):
       print(f'checkpoints/{name}: {state}', flush=True)
   elif config.task == 'captioning':
-    caption_evaluate.write_tokenizer(config)
+    modes.write_tokenizer(config)
   else:
     raise app.UsageError('--mode=tokenizer is for captioning configs.')
 

@@ -40,6 +40,10 @@ def _files(step_dir):
                 for name in names)
 
 
+def _largest_file(step_dir):
+  return max(_files(step_dir), key=os.path.getsize)
+
+
 def _truncate(path, size):
   with open(path, 'r+b') as f:
     f.truncate(size)
@@ -68,7 +72,7 @@ def test_truncated_files_are_detected_or_harmless(runs, tmp_path):
   intact_dir = os.path.join(workdir, 'checkpoints', '4')
   rng = random.Random(0)
   files = [os.path.relpath(f, intact_dir) for f in _files(intact_dir)]
-  largest = max(files, key=lambda f: os.path.getsize(os.path.join(intact_dir, f)))
+  largest = os.path.relpath(_largest_file(intact_dir), intact_dir)
   intact = _host_arrays(workdir, 4)
   for case in range(16):
     copy = str(tmp_path / f'case{case}')
@@ -101,7 +105,7 @@ def test_training_resumes_from_the_previous_checkpoint_to_the_same_end(runs, tmp
   shutil.copytree(workdir, copy)
   step_dir = os.path.join(copy, 'checkpoints', '4')
   if relative_file == 'largest':
-    path = max(_files(step_dir), key=os.path.getsize)
+    path = _largest_file(step_dir)
   else:
     path = os.path.join(step_dir, relative_file)
   _truncate(path, os.path.getsize(path) // 3)

@@ -83,14 +83,16 @@ class CharacterVocabulary:
     self.kind = kind
     self.size = len(TEXT8_ALPHABET) if kind == 'text8' else 256
     self.num_bits = bits_for_vocab(self.size)
+    # ASCII code -> text8 id (-1: never reached, normalise_text8 leaves only the alphabet).
+    self._text8_ids = np.full(128, -1, np.int32)
+    self._text8_ids[np.frombuffer(TEXT8_ALPHABET.encode(), np.uint8)] = np.arange(
+        len(TEXT8_ALPHABET))
 
   def encode(self, text: str) -> np.ndarray:
     """int32 [len]: text8 ids of the normalised text, or the UTF-8 bytes."""
     if self.kind == 'bytes':
       return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
-    lookup = np.full(128, -1, np.int32)
-    lookup[np.frombuffer(TEXT8_ALPHABET.encode(), np.uint8)] = np.arange(len(TEXT8_ALPHABET))
-    return lookup[np.frombuffer(normalise_text8(text).encode('ascii'), np.uint8)]
+    return self._text8_ids[np.frombuffer(normalise_text8(text).encode('ascii'), np.uint8)]
 
   def decode(self, ids: Sequence[int]) -> str:
     """The text of token ids; invalid UTF-8 byte sequences are shown as U+FFFD."""
