@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption bench-peer
+.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption eval-text bench-peer
 
 install: $(STAMP)
 
@@ -54,6 +54,13 @@ tokenizer: install
 eval-caption: CONFIG = configs/shapes_captioning.py
 eval-caption: WORKDIR = runs/shapes_caption
 eval-caption: install
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+
+# Score a text model's latest checkpoint: generative perplexity, n-gram distances, distinct-4,
+# rep-4 beside held-out text and a unigram sampler; Bit Diffusion's steps x td sweep.
+eval-text: CONFIG = configs/text.py
+eval-text: WORKDIR = runs/text
+eval-text: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
 
 bench: install

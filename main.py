@@ -28,7 +28,8 @@ from ml_collections import config_flags  # noqa: E402
 
 # The module of each task's sample and eval modes.
 MODES_BY_TASK = {'image': 'bit_diffusion.evaluate',
-                 'captioning': 'bit_diffusion.captioning.evaluate'}
+                 'captioning': 'bit_diffusion.captioning.evaluate',
+                 'text': 'bit_diffusion.text.evaluate'}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
@@ -83,18 +84,18 @@ def main(argv):
 def _run_mode(config, mode: str, workdir: str) -> None:
   from bit_diffusion import checkpointing
   from bit_diffusion import train_loop
-  modes = importlib.import_module(MODES_BY_TASK[config.task])
+  modes = lambda: importlib.import_module(MODES_BY_TASK[config.task])
   if mode == 'train':
     train_loop.train_and_evaluate(config, workdir)
   elif mode == 'sample':
-    modes.sample_from_checkpoint(config, workdir)
+    modes().sample_from_checkpoint(config, workdir)
   elif mode == 'eval':
-    modes.evaluate_checkpoint(config, workdir)
+    modes().evaluate_checkpoint(config, workdir)
   elif mode == 'check':
     for name, state in checkpointing.check_all(workdir):
       print(f'checkpoints/{name}: {state}', flush=True)
   elif config.task == 'captioning':
-    modes.write_tokenizer(config)
+    modes().write_tokenizer(config)
   else:
     raise app.UsageError('--mode=tokenizer is for captioning configs.')
 

@@ -98,4 +98,5 @@ def make_autoregressive(config: ml_collections.ConfigDict) -> ml_collections.Con
   del config.eval.sweep_steps
   del config.eval.sweep_td
   del config.cpu.sampler_microbatch_size
+  config.sampling.temperature = 0.0  # 0: greedy decoding; T > 0: tokens drawn from softmax(z/T).
   return config

@@ -13,8 +13,8 @@ def engine_config(*, task: str, method: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Seeds the parameters, the data order, the training noise and the samples (separate streams).
   config.seed = 0
-  config.task = task  # What is generated: 'image' | 'captioning'.
-  config.method = method  # How: 'bit_diffusion' | 'autoregressive' (captioning baseline).
+  config.task = task  # What is generated: 'image' | 'captioning' | 'text'.
+  config.method = method  # How: 'bit_diffusion' | 'autoregressive' (sequence baseline).
   config.optimizer = optimizer_config()
   config.training = training_config()
   config.cpu = cpu_config()

@@ -38,6 +38,18 @@ TINY_CAPTIONING = {
 TINY_CAPTIONING_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,),
                              'eval.sweep_td': (0.0, 1.0)}
 
+# A text config with windows of 16 characters and a 1-layer Transformer of width 32.
+TINY_TEXT = {
+    'data.sequence_length': 16, 'data.prefetch': 0, 'model.width': 32, 'model.depth': 1,
+    'model.mlp_dim': 64, 'model.num_heads': 2, 'training.batch_size': 16,
+    'training.num_steps': 40, 'training.log_every': 20, 'training.checkpoint_every': 40,
+    'training.sample_every': 0, 'training.num_grid_samples': 4,
+    'training.compilation_cache': False, 'optimizer.warmup_steps': 5,
+    'sampling.num_samples': 6, 'sampling.batch_size': 4, 'eval.num_samples': 8,
+}
+# The diffusion text model's sampler and sweep (absent from the autoregressive baseline).
+TINY_TEXT_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,), 'eval.sweep_td': (0.0, 1.0)}
+
 
 def tiny_digits(**overrides) -> ml_collections.ConfigDict:
   """configs/digits.py made tiny (TINY_DIGITS), then `overrides` ('section.field': value)."""
@@ -58,6 +70,15 @@ def tiny_cifar10(**overrides) -> ml_collections.ConfigDict:
       'training.num_steps': 2, 'training.log_every': 1, 'training.checkpoint_every': 2,
       'training.num_grid_samples': 2, 'training.compilation_cache': False, 'sampling.steps': 2,
       **overrides})
+
+
+def tiny_text(config_module, **overrides) -> ml_collections.ConfigDict:
+  """A text config module's config made tiny (TINY_TEXT), then `overrides`."""
+  config = config_module.get_config()
+  tiny = dict(TINY_TEXT)
+  if config.method == 'bit_diffusion':
+    tiny.update(TINY_TEXT_DIFFUSION)
+  return config_overrides.apply(config, {**tiny, **overrides})
 
 
 def tiny_unet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -54,8 +54,8 @@ def _run_workers(tmp_path, name, num_processes=1, devices_per_process=1, *flags)
   return results
 
 
-def _params(result):
-  return [result[f'param_{i}'] for i in range(sum(k.startswith('param_') for k in result))]
+def _params(result, prefix='param_'):
+  return [result[f'{prefix}{i}'] for i in range(sum(k.startswith(prefix) for k in result))]
 
 
 @pytest.fixture(scope='module')
@@ -77,11 +77,20 @@ def _assert_close(params_a, params_b):
 
 
 def test_eight_devices_and_fsdp_match_one_device(single_device, tmp_path):
+  corpus = tmp_path / 'text8_like.txt'
+  corpus.write_text(' '.join(['the cat sat on the mat', 'a dog ran to the river',
+                              'my friend found a small box'] * 40))
   replicated, = _run_workers(tmp_path, 'replicated', 1, 8)
-  fsdp, = _run_workers(tmp_path, 'fsdp', 1, 8, '--param_sharding=fsdp')
+  fsdp, = _run_workers(tmp_path, 'fsdp', 1, 8, '--param_sharding=fsdp',
+                       f'--text8_corpus={corpus}')
   assert int(replicated['device_count']) == 8
   _assert_close(_params(replicated), single_device)
   _assert_close(_params(fsdp), _params(replicated))
+  # The text8 config's train step, batch and weights split over 8 devices, trains as on one.
+  text8_single = train_loop.train_and_evaluate(distributed_worker.text8_config(str(corpus)),
+                                               str(tmp_path / 'text8_single'))
+  _assert_close(_params(fsdp, 'text8_param_'),
+                [np.asarray(x) for x in jax.tree.leaves(jax.device_get(text8_single.params))])
 
 
 def test_two_processes_match_one_process(single_device, tmp_path):

@@ -7,7 +7,8 @@ self-conditioning estimate, [B, L, 2k], and the noise level gamma (a sinusoidal 
 1000 gamma, as the image U-Net), and predicts the bits' x0, [B, L, k].
 
 The autoregressive baseline is the same encoder and decoder stack with causal self-attention,
-token embeddings in and vocabulary logits out.
+token embeddings in and vocabulary logits out. The decoders are `bit_diffusion/transformer.py`'s
+(shared with the text task, which has no image); this module adds the ViT.
 
 Module and parameter names of the encoder follow the big_vision / AugReg ViT (`embedding`,
 `pos_embedding`, per block `LayerNorm_0`, `MultiHeadDotProductAttention`, `LayerNorm_1`,
@@ -15,29 +16,11 @@ Module and parameter names of the encoder follow the big_vision / AugReg ViT (`e
 pretrained `.npz` into it one array at a time. Blocks are pre-LayerNorm throughout.
 """
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bit_diffusion import unet
-
-
-def _attention(num_heads: int, width: int, rngs: nnx.Rngs) -> nnx.MultiHeadAttention:
-  return nnx.MultiHeadAttention(num_heads=num_heads, in_features=width, decode=False,
-                                deterministic=True, rngs=rngs)
-
-
-class MlpBlock(nnx.Module):
-  """Dense, GELU, Dense (width -> mlp_dim -> width)."""
-
-  def __init__(self, width: int, mlp_dim: int, rngs: nnx.Rngs):
-    self.Dense_0 = nnx.Linear(width, mlp_dim, rngs=rngs)
-    self.Dense_1 = nnx.Linear(mlp_dim, width, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.Dense_1(jax.nn.gelu(self.Dense_0(x)))
+from bit_diffusion import transformer
 
 
 class EncoderBlock(nnx.Module):
@@ -45,9 +28,9 @@ class EncoderBlock(nnx.Module):
 
   def __init__(self, width: int, mlp_dim: int, num_heads: int, rngs: nnx.Rngs):
     self.LayerNorm_0 = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
-    self.MultiHeadDotProductAttention = _attention(num_heads, width, rngs)
+    self.MultiHeadDotProductAttention = transformer.attention(num_heads, width, rngs)
     self.LayerNorm_1 = nnx.LayerNorm(width, epsilon=1e-6, rngs=rngs)
-    self.MlpBlock = MlpBlock(width, mlp_dim, rngs)
+    self.MlpBlock = transformer.MlpBlock(width, mlp_dim, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.MultiHeadDotProductAttention(self.LayerNorm_0(x))
@@ -82,118 +65,47 @@ class ViT(nnx.Module):
     return self.encoder_norm(x)
 
 
-class DecoderBlock(nnx.Module):
-  """Pre-LN self-attention (causal or not), cross-attention to the image, MLP; [B, L, D]."""
-
-  def __init__(self, width: int, mlp_dim: int, num_heads: int, rngs: nnx.Rngs):
-    self.self_norm = nnx.LayerNorm(width, rngs=rngs)
-    self.self_attention = _attention(num_heads, width, rngs)
-    self.cross_norm = nnx.LayerNorm(width, rngs=rngs)
-    self.cross_attention = _attention(num_heads, width, rngs)
-    self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
-    self.mlp = MlpBlock(width, mlp_dim, rngs)
-
-  def __call__(self, x: jax.Array, image: jax.Array, causal: bool) -> jax.Array:
-    mask = nnx.make_causal_mask(x[..., 0]) if causal else None
-    x = x + self.self_attention(self.self_norm(x), mask=mask)
-    x = x + self.cross_attention(self.cross_norm(x), image)
-    return x + self.mlp(self.mlp_norm(x))
+def _vit(rngs: nnx.Rngs, *, image_size: int, patch_size: int, encoder_width: int,
+         encoder_depth: int, encoder_mlp_dim: int, encoder_heads: int) -> ViT:
+  return ViT(image_size=image_size, patch_size=patch_size, width=encoder_width,
+             depth=encoder_depth, mlp_dim=encoder_mlp_dim, num_heads=encoder_heads, rngs=rngs)
 
 
-class Decoder(nnx.Module):
-  """Learned positions, `depth` DecoderBlocks, a final LayerNorm: [B, L, D] -> [B, L, D]."""
-
-  def __init__(self, *, max_length: int, image_width: int, width: int, depth: int,
-               mlp_dim: int, num_heads: int, causal: bool, rngs: nnx.Rngs):
-    self.causal = causal
-    self.image_proj = nnx.Linear(image_width, width, rngs=rngs)
-    self.pos_embedding = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (1, max_length, width)))
-    self.blocks = nnx.List([DecoderBlock(width, mlp_dim, num_heads, rngs)
-                            for _ in range(depth)])
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
-
-  def __call__(self, x: jax.Array, image: jax.Array) -> jax.Array:
-    image = self.image_proj(image)  # [B, N, D]
-    x = x + self.pos_embedding[...][:, :x.shape[1]]
-    for block in self.blocks:
-      x = block(x, image, self.causal)
-    return self.norm(x)
-
-
-class DiffusionCaptioner(nnx.Module):
+class DiffusionCaptioner(transformer.DenoisingTransformer):
   """Bit Diffusion captioner: (x_t ++ self_cond [B, L, 2k], gamma [B], images) -> x0 [B, L, k].
 
-  The denoiser protocol of bit_diffusion/methods/bit_diffusion.py: `encode_condition(images)`
-  once per batch, `denoise(x, gamma, image_tokens)` at every step; calling the module does both.
+  The sequence denoiser (`transformer.DenoisingTransformer`) with a ViT encoder of the images
+  (int [B, S, S, 3]) as its context.
   """
 
   def __init__(self, *, in_channels: int, out_channels: int, max_length: int, image_size: int,
                patch_size: int, encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
                encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
                rngs: nnx.Rngs):
-    self.encoder = ViT(image_size=image_size, patch_size=patch_size, width=encoder_width,
-                       depth=encoder_depth, mlp_dim=encoder_mlp_dim, num_heads=encoder_heads,
-                       rngs=rngs)
-    self.bits_in = nnx.Linear(in_channels, width, rngs=rngs)
-    self.noise_dense_0 = nnx.Linear(width, width, rngs=rngs)
-    self.noise_dense_1 = nnx.Linear(width, width, rngs=rngs)
-    self.decoder = Decoder(max_length=max_length, image_width=encoder_width, width=width,
-                           depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
-                           rngs=rngs)
-    self.bits_out = nnx.Linear(width, out_channels, kernel_init=nnx.initializers.zeros_init(),
-                               rngs=rngs)
-    self.width = width
-
-  def encode_condition(self, images: jax.Array) -> jax.Array:
-    """int [B, S, S, 3] -> image tokens float32 [B, N, encoder_width]."""
-    return self.encoder(images)
-
-  def denoise(self, x: jax.Array, gamma: jax.Array, image_tokens: jax.Array, *,
-              dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    """x [B, L, 2k], gamma [B], image tokens [B, N, De] -> x0 prediction [B, L, k]."""
-    del dropout_rng  # No dropout: the paper's captioner sets none.
-    noise = unet.sinusoidal_embedding(gamma * 1000.0, self.width)  # [B, D], as the U-Net.
-    noise = self.noise_dense_1(jax.nn.silu(self.noise_dense_0(noise)))
-    h = self.bits_in(x) + noise[:, None, :]
-    return self.bits_out(self.decoder(h, image_tokens))
-
-  def __call__(self, x: jax.Array, gamma: jax.Array, images: jax.Array, *,
-               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    return self.denoise(x, gamma, self.encode_condition(images), dropout_rng=dropout_rng)
+    encoder = _vit(rngs, image_size=image_size, patch_size=patch_size,
+                   encoder_width=encoder_width, encoder_depth=encoder_depth,
+                   encoder_mlp_dim=encoder_mlp_dim, encoder_heads=encoder_heads)
+    super().__init__(in_channels=in_channels, out_channels=out_channels, max_length=max_length,
+                     width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
+                     encoder=encoder, encoder_width=encoder_width, rngs=rngs)
 
 
-class AutoregressiveCaptioner(nnx.Module):
+class AutoregressiveCaptioner(transformer.AutoregressiveTransformer):
   """The baseline: (tokens_in int [B, L], images) -> next-token logits [B, L, vocab].
 
-  tokens_in is the caption shifted right behind a start id (= vocab_size); self-attention is
-  causal, so position i sees tokens < i only. The protocol of
-  bit_diffusion/methods/autoregressive.py: `encode_condition(images)`, then
-  `logits(tokens_in, image_tokens)`.
+  The causal decoder (`transformer.AutoregressiveTransformer`) with the same ViT encoder.
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
                encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
                encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
                rngs: nnx.Rngs):
-    self.encoder = ViT(image_size=image_size, patch_size=patch_size, width=encoder_width,
-                       depth=encoder_depth, mlp_dim=encoder_mlp_dim, num_heads=encoder_heads,
-                       rngs=rngs)
-    self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + the start id.
-    self.decoder = Decoder(max_length=max_length, image_width=encoder_width, width=width,
-                           depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=True,
-                           rngs=rngs)
-    self.logits_out = nnx.Linear(width, vocab_size, rngs=rngs)
-    self.start_id = vocab_size
-
-  def encode_condition(self, images: jax.Array) -> jax.Array:
-    return self.encoder(images)
-
-  def logits(self, tokens_in: jax.Array, image_tokens: jax.Array) -> jax.Array:
-    return self.logits_out(self.decoder(self.token_embedding(tokens_in), image_tokens))
-
-  def __call__(self, tokens_in: jax.Array, images: jax.Array) -> jax.Array:
-    return self.logits(tokens_in, self.encode_condition(images))
+    encoder = _vit(rngs, image_size=image_size, patch_size=patch_size,
+                   encoder_width=encoder_width, encoder_depth=encoder_depth,
+                   encoder_mlp_dim=encoder_mlp_dim, encoder_heads=encoder_heads)
+    super().__init__(vocab_size=vocab_size, max_length=max_length, width=width, depth=depth,
+                     mlp_dim=mlp_dim, num_heads=num_heads, encoder=encoder,
+                     encoder_width=encoder_width, rngs=rngs)
 
 
 def model_kwargs(config) -> dict:

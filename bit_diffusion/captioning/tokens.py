@@ -33,16 +33,18 @@ def bits_for_vocab(vocab_size: int) -> int:
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, model_type: str = 'unigram',
-                    model_path: str = '') -> bytes:
+                    model_path: str = '', lowercase: bool = True) -> bytes:
   """Trains a SentencePiece model on `captions`; returns it (and writes `model_path`).
 
   model_type: 'unigram' (SentencePiece's default) or 'bpe'. On a tiny corpus of few distinct
   sentences (the shapes scenes) unigram stops at characters and subwords; 'bpe' learns the words.
   The vocabulary limit is soft (`hard_vocab_limit=False`): a small corpus may give fewer pieces.
+  Captions are lower-cased (`lowercase`, as `CaptionTokenizer` encodes them); text keeps case.
   """
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter([c.strip().lower() for c in captions]), model_writer=model,
+      sentence_iterator=iter([c.strip().lower() if lowercase else c.strip() for c in captions
+                              if c.strip()]), model_writer=model,
       vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1, hard_vocab_limit=False,
       minloglevel=2)

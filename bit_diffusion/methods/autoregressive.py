@@ -1,10 +1,11 @@
 """The autoregressive baseline: a causal Transformer over token ids, teacher-forced cross-entropy,
-greedy decoding.
+greedy or temperature sampling from a key/value cache.
 
-For sequence tasks (captions now, text next). The network protocol a task's 'autoregressive'
-network follows: `encode_condition(cond) -> context`, `logits(tokens_in, context)` with
-tokens_in the sequence shifted right behind `start_id`, and causal self-attention, so position
-i sees tokens < i only.
+For sequence tasks (captions, text). The network protocol a task's 'autoregressive' network
+follows (`transformer.AutoregressiveTransformer`): `encode_condition(cond) -> context`,
+`logits(tokens_in, context)` with tokens_in the sequence shifted right behind `start_id` and
+causal self-attention, so position i sees tokens < i only; and for decoding `init_cache(batch)`
+and `logits_step(token_in, context, cache, index) -> (logits, cache)`.
 """
 
 from typing import Any
@@ -67,25 +68,39 @@ class Autoregressive:
     return jnp.mean(loss), {'loss': loss, 'token_error': errors}
 
   def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None,
-                     **unused_overrides) -> Callable[..., jax.Array]:
-    """A jitted fn(params, rng, cond) -> greedy token ids int32 [B, L] (no sampling knobs).
+                     **overrides) -> Callable[..., jax.Array]:
+    """A jitted fn(params, rng, cond) -> token ids int32 [B, L].
 
-    Decodes one position per step, recomputing the prefix (L network calls).
+    `sampling.temperature` (or the override `temperature`): 0 decodes greedily (argmax; the
+    captioning default), T > 0 draws each token from softmax(logits / T) (1: ancestral sampling
+    of the model's distribution, for text). Other overrides (a diffusion sampler's steps, td)
+    do not apply and are ignored. Decodes one position per step from cached keys and values
+    (`logits_step`): L single-position network passes.
     """
     length = self.task.example_shape[0]
+    temperature = float(overrides.get('temperature', self.config.sampling.temperature))
+    if temperature < 0:
+      raise ValueError(f'sampling.temperature must be >= 0 (0: greedy); got {temperature}.')
 
     def sample_fn(params, rng, cond):
-      del rng  # Greedy.
       model = nnx.merge(graphdef, params, copy=True)
       context = model.encode_condition(cond)
       batch = jax.tree.leaves(cond)[0].shape[0]
-      # Positions >= i are never read before step i writes them (causal mask): any start.
-      tokens = jnp.zeros((batch, length), jnp.int32)
 
-      def body(i, tokens):  # The causal mask makes position i depend on tokens < i only.
-        logits = model.logits(shift_right(tokens, model.start_id), context)
-        return tokens.at[:, i].set(jnp.argmax(logits[:, i], axis=-1).astype(jnp.int32))
-      return jax.lax.fori_loop(0, length, body, tokens)
+      def body(i, carry):
+        tokens, token_in, cache = carry
+        logits, cache = model.logits_step(token_in, context, cache, i)
+        logits = logits.astype(jnp.float32)
+        if temperature:
+          token = jax.random.categorical(jax.random.fold_in(rng, i), logits / temperature)
+        else:
+          token = jnp.argmax(logits, axis=-1)
+        token = token.astype(jnp.int32)
+        return tokens.at[:, i].set(token), token, cache
+
+      start = jnp.full((batch,), model.start_id, jnp.int32)
+      carry = (jnp.zeros((batch, length), jnp.int32), start, model.init_cache(batch))
+      return jax.lax.fori_loop(0, length, body, carry)[0]
 
     if mesh is None:
       return jax.jit(sample_fn)

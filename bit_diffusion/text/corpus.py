@@ -88,6 +88,10 @@ class CharacterVocabulary:
     self._text8_ids[np.frombuffer(TEXT8_ALPHABET.encode(), np.uint8)] = np.arange(
         len(TEXT8_ALPHABET))
 
+  def normalise(self, text: str) -> str:
+    """text8: `normalise_text8(text)`; bytes: the text unchanged."""
+    return normalise_text8(text) if self.kind == 'text8' else text
+
   def encode(self, text: str) -> np.ndarray:
     """int32 [len]: text8 ids of the normalised text, or the UTF-8 bytes."""
     if self.kind == 'bytes':

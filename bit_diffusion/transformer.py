@@ -1,0 +1,222 @@
+"""Transformer decoders over token positions (Flax NNX), with or without a context to attend to.
+
+The sequence networks of every sequence task: captions (a ViT's image tokens as the context,
+`captioning/model.py`) and text (no context, `tasks/text.py`).
+
+- `DenoisingTransformer`: Bit Diffusion's denoiser. Non-causal self-attention over the
+  positions; it reads the noisy analog bits concatenated with the self-conditioning estimate,
+  [B, L, 2k], and the noise level gamma (a sinusoidal embedding of 1000 gamma, as the image
+  U-Net), and predicts the bits' x0, [B, L, k] (paper Sec. 4.3: a 6-layer, 512-wide decoder).
+- `AutoregressiveTransformer`: the baseline of the same width and depth with causal
+  self-attention, token embeddings in and vocabulary logits out. `init_cache` and `logits_step`
+  decode one position at a time from cached keys and values, so generating L tokens costs L
+  single-position passes instead of L passes over the whole prefix.
+
+Blocks are pre-LayerNorm. With a context, each block cross-attends to it after self-attention.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bit_diffusion import unet
+
+# One layer's cached keys and values, each [B, L, heads, head_dim].
+LayerCache = tuple[jax.Array, jax.Array]
+
+
+def attention(num_heads: int, width: int, rngs: nnx.Rngs) -> nnx.MultiHeadAttention:
+  return nnx.MultiHeadAttention(num_heads=num_heads, in_features=width, decode=False,
+                                deterministic=True, rngs=rngs)
+
+
+class MlpBlock(nnx.Module):
+  """Dense, GELU, Dense (width -> mlp_dim -> width)."""
+
+  def __init__(self, width: int, mlp_dim: int, rngs: nnx.Rngs):
+    self.Dense_0 = nnx.Linear(width, mlp_dim, rngs=rngs)
+    self.Dense_1 = nnx.Linear(mlp_dim, width, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.Dense_1(jax.nn.gelu(self.Dense_0(x)))
+
+
+class DecoderBlock(nnx.Module):
+  """Pre-LN self-attention (causal or not), cross-attention to the context if any, MLP;
+  [B, L, D] -> [B, L, D]."""
+
+  def __init__(self, width: int, mlp_dim: int, num_heads: int, cross_attention: bool,
+               rngs: nnx.Rngs):
+    self.self_norm = nnx.LayerNorm(width, rngs=rngs)
+    self.self_attention = attention(num_heads, width, rngs)
+    if cross_attention:
+      self.cross_norm = nnx.LayerNorm(width, rngs=rngs)
+      self.cross_attention = attention(num_heads, width, rngs)
+    self.has_cross_attention = cross_attention
+    self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
+    self.mlp = MlpBlock(width, mlp_dim, rngs)
+
+  def __call__(self, x: jax.Array, context: Optional[jax.Array], causal: bool) -> jax.Array:
+    mask = nnx.make_causal_mask(x[..., 0]) if causal else None
+    x = x + self.self_attention(self.self_norm(x), mask=mask)
+    return self._cross_and_mlp(x, context)
+
+  def _cross_and_mlp(self, x: jax.Array, context: Optional[jax.Array]) -> jax.Array:
+    if self.has_cross_attention:
+      x = x + self.cross_attention(self.cross_norm(x), context)
+    return x + self.mlp(self.mlp_norm(x))
+
+  def decode_step(self, x: jax.Array, context: Optional[jax.Array], cache: LayerCache,
+                  index: jax.Array) -> tuple[jax.Array, LayerCache]:
+    """Position `index` only, causal: x [B, 1, D] -> ([B, 1, D], the cache with this
+    position's keys and values written in). Equals row `index` of __call__(causal=True) when
+    the cache holds the keys and values of positions < index."""
+    attn = self.self_attention
+    h = self.self_norm(x)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], attn.key(h).astype(cache[0].dtype),
+                                               index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache[1], attn.value(h).astype(cache[1].dtype),
+                                                 index, axis=1)
+    visible = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # [1, 1, 1, L]
+    y = nnx.dot_product_attention(attn.query(h), keys, values, mask=visible)
+    x = x + attn.out(y)
+    return self._cross_and_mlp(x, context), (keys, values)
+
+
+class Decoder(nnx.Module):
+  """Learned positions, `depth` DecoderBlocks, a final LayerNorm: [B, L, D] -> [B, L, D].
+
+  context_width > 0: every block cross-attends to a context [B, N, context_width] (projected to
+  the width; captioning's image tokens); 0: no context (text).
+  """
+
+  def __init__(self, *, max_length: int, context_width: int, width: int, depth: int,
+               mlp_dim: int, num_heads: int, causal: bool, rngs: nnx.Rngs):
+    self.causal = causal
+    self.num_heads = num_heads
+    if context_width:
+      self.image_proj = nnx.Linear(context_width, width, rngs=rngs)
+    self.has_context = bool(context_width)
+    self.pos_embedding = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (1, max_length, width)))
+    self.blocks = nnx.List([DecoderBlock(width, mlp_dim, num_heads, bool(context_width), rngs)
+                            for _ in range(depth)])
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+
+  def _project(self, context: Optional[jax.Array]) -> Optional[jax.Array]:
+    return self.image_proj(context) if self.has_context else None
+
+  def __call__(self, x: jax.Array, context: Optional[jax.Array]) -> jax.Array:
+    context = self._project(context)  # [B, N, D] or None.
+    x = x + self.pos_embedding[...][:, :x.shape[1]]
+    for block in self.blocks:
+      x = block(x, context, self.causal)
+    return self.norm(x)
+
+  def init_cache(self, batch: int, dtype=jnp.float32) -> list[LayerCache]:
+    """Empty keys and values of every layer, each [batch, max_length, heads, head_dim]."""
+    _, length, width = self.pos_embedding.shape
+    shape = (batch, length, self.num_heads, width // self.num_heads)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
+
+  def decode_step(self, x: jax.Array, context: Optional[jax.Array], cache: list[LayerCache],
+                  index: jax.Array) -> tuple[jax.Array, list[LayerCache]]:
+    """Causal decoding of position `index`: x [B, 1, D] -> ([B, 1, D], updated cache)."""
+    context = self._project(context)
+    x = x + jax.lax.dynamic_slice_in_dim(self.pos_embedding[...], index, 1, axis=1)
+    new_cache = []
+    for block, layer_cache in zip(self.blocks, cache):
+      x, layer_cache = block.decode_step(x, context, layer_cache, index)
+      new_cache.append(layer_cache)
+    return self.norm(x), new_cache
+
+
+class DenoisingTransformer(nnx.Module):
+  """Bit Diffusion's sequence denoiser: (x_t ++ self_cond [B, L, 2k], gamma [B], cond) -> x0
+  [B, L, k], non-causal.
+
+  encoder: a module turning the condition into context tokens [B, N, De] (captioning's ViT),
+  or None for an unconditional model (text), whose condition is ignored. The denoiser protocol
+  of bit_diffusion/methods/bit_diffusion.py: `encode_condition(cond)` once per batch,
+  `denoise(x, gamma, context)` at every step; calling the module does both.
+  """
+
+  def __init__(self, *, in_channels: int, out_channels: int, max_length: int, width: int,
+               depth: int, mlp_dim: int, num_heads: int, encoder: Optional[nnx.Module] = None,
+               encoder_width: int = 0, rngs: nnx.Rngs):
+    if encoder is not None:
+      self.encoder = encoder
+    self.has_encoder = encoder is not None
+    self.bits_in = nnx.Linear(in_channels, width, rngs=rngs)
+    self.noise_dense_0 = nnx.Linear(width, width, rngs=rngs)
+    self.noise_dense_1 = nnx.Linear(width, width, rngs=rngs)
+    self.decoder = Decoder(max_length=max_length, context_width=encoder_width, width=width,
+                           depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
+                           rngs=rngs)
+    self.bits_out = nnx.Linear(width, out_channels, kernel_init=nnx.initializers.zeros_init(),
+                               rngs=rngs)
+    self.width = width
+
+  def encode_condition(self, cond) -> Optional[jax.Array]:
+    """The condition -> context tokens float32 [B, N, De]; None without an encoder."""
+    return self.encoder(cond) if self.has_encoder else None
+
+  def denoise(self, x: jax.Array, gamma: jax.Array, context: Optional[jax.Array], *,
+              dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """x [B, L, 2k], gamma [B], context [B, N, De] or None -> x0 prediction [B, L, k]."""
+    del dropout_rng  # No dropout: the paper's captioner sets none.
+    noise = unet.sinusoidal_embedding(gamma * 1000.0, self.width)  # [B, D], as the U-Net.
+    noise = self.noise_dense_1(jax.nn.silu(self.noise_dense_0(noise)))
+    h = self.bits_in(x) + noise[:, None, :]
+    return self.bits_out(self.decoder(h, context))
+
+  def __call__(self, x: jax.Array, gamma: jax.Array, cond, *,
+               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    return self.denoise(x, gamma, self.encode_condition(cond), dropout_rng=dropout_rng)
+
+
+class AutoregressiveTransformer(nnx.Module):
+  """The baseline: (tokens_in int [B, L], cond) -> next-token logits [B, L, vocab], causal.
+
+  tokens_in is the sequence shifted right behind a start id (= vocab_size), so position i sees
+  tokens < i only. The protocol of bit_diffusion/methods/autoregressive.py:
+  `encode_condition(cond)`, then `logits(tokens_in, context)`, or position by position
+  `init_cache(batch)` and `logits_step(token_in, context, cache, index)`.
+  """
+
+  def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
+               num_heads: int, encoder: Optional[nnx.Module] = None, encoder_width: int = 0,
+               rngs: nnx.Rngs):
+    if encoder is not None:
+      self.encoder = encoder
+    self.has_encoder = encoder is not None
+    self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + the start id.
+    self.decoder = Decoder(max_length=max_length, context_width=encoder_width, width=width,
+                           depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=True,
+                           rngs=rngs)
+    self.logits_out = nnx.Linear(width, vocab_size, rngs=rngs)
+    self.start_id = vocab_size
+
+  def encode_condition(self, cond) -> Optional[jax.Array]:
+    return self.encoder(cond) if self.has_encoder else None
+
+  def logits(self, tokens_in: jax.Array, context: Optional[jax.Array]) -> jax.Array:
+    """tokens_in int [B, L] -> logits [B, L, vocab] (teacher forcing, all positions at once)."""
+    return self.logits_out(self.decoder(self.token_embedding(tokens_in), context))
+
+  def init_cache(self, batch: int) -> list[LayerCache]:
+    return self.decoder.init_cache(batch)
+
+  def logits_step(self, token_in: jax.Array, context: Optional[jax.Array],
+                  cache: list[LayerCache], index: jax.Array
+                  ) -> tuple[jax.Array, list[LayerCache]]:
+    """token_in int [B] at position `index` (the token at index - 1, or the start id) ->
+    (logits [B, vocab] for position index, the updated cache)."""
+    h, cache = self.decoder.decode_step(self.token_embedding(token_in[:, None]), context, cache,
+                                        index)
+    return self.logits_out(h[:, 0]), cache
+
+  def __call__(self, tokens_in: jax.Array, cond) -> jax.Array:
+    return self.logits(tokens_in, self.encode_condition(cond))
