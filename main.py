@@ -33,15 +33,19 @@ MODES_BY_TASK = {'image': 'bit_diffusion.evaluate',
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'check', 'tokenizer'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'infill', 'check', 'tokenizer'],
                   'train: train and resume; sample: write samples of the latest checkpoint; '
-                  'eval: score the latest checkpoint; check: list the checkpoints of the '
+                  'eval: score the latest checkpoint; infill: fill the unknown part of '
+                  '--infill_file with the latest checkpoint; check: list the checkpoints of the '
                   'workdir and whether each reads (on the host, no devices); tokenizer '
                   '(captioning): train and write the SentencePiece model of '
                   'config.tokenizer.path.')
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('infill_file', '', '--mode=infill: the examples with known and unknown '
+                    "parts (text: .txt with '_' per unknown token, or .npz 'tokens' and 'mask'; "
+                    "images: .npz 'images' and 'mask').")
 flags.DEFINE_string('coordinator_address', '', 'Multi-process (GPU clusters without SLURM): '
                     'HOST:PORT of process 0. TPU pods and SLURM are detected without flags.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: the number of processes.')
@@ -91,6 +95,12 @@ def _run_mode(config, mode: str, workdir: str) -> None:
     modes().sample_from_checkpoint(config, workdir)
   elif mode == 'eval':
     modes().evaluate_checkpoint(config, workdir)
+  elif mode == 'infill':
+    if not FLAGS.infill_file:
+      raise app.UsageError('--mode=infill needs --infill_file=FILE.')
+    if not hasattr(modes(), 'infill_from_file'):
+      raise app.UsageError(f'--mode=infill is not available for the {config.task} task yet.')
+    modes().infill_from_file(config, workdir, FLAGS.infill_file)
   elif mode == 'check':
     for name, state in checkpointing.check_all(workdir):
       print(f'checkpoints/{name}: {state}', flush=True)

@@ -30,7 +30,7 @@ from bit_diffusion import distributed
 TRAIN_STATE_FORMAT = 3
 
 # Independent random streams derived from config.seed (the data order has its own numpy seed).
-KEY_PURPOSES = ('init', 'train', 'preview', 'sample', 'eval_loss', 'eval_samples')
+KEY_PURPOSES = ('init', 'train', 'preview', 'sample', 'eval_loss', 'eval_samples', 'infill')
 
 
 @struct.dataclass

@@ -19,6 +19,7 @@ from absl import logging
 from bit_diffusion import checkpointing
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import image_infill
 from bit_diffusion import metric_writer
 from bit_diffusion import outputs
 from bit_diffusion.metrics import features as features_lib
@@ -56,6 +57,10 @@ def sample_from_checkpoint(config, workdir: str) -> str:
 def _format_seconds(seconds: float) -> str:
   minutes, seconds = divmod(int(round(seconds)), 60)
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+# --mode=infill for images (the module's docstring has the file format).
+infill_from_file = image_infill.infill_from_file
 
 
 def sample_metrics(config, model: generation.LoadedModel,
@@ -142,6 +147,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   results = {}
   if config.eval.num_batches:
     results.update(_diffusion_loss(config, model))
+  if config.eval.get('infill_images', 0):
+    agreement = image_infill.digits_agreement(config, model, config.eval.infill_images)
+    results.update({f'eval/infill_agreement/{k}': v for k, v in agreement.items()})
   if config.eval.num_samples:
     metrics = sample_metrics(config, model, net=net)
     results.update({f'eval/{k}': v for k, v in metrics.items()})

@@ -65,8 +65,15 @@ def step_times(step: jnp.ndarray, steps: int, td: float) -> tuple[jnp.ndarray, j
 def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
            gamma_fn: schedules.GammaFn, steps: int, sampler: str = 'ddim', td: float = 0.0,
            ddpm_variance: str = 'large', self_condition: bool = True,
+           known: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
            ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Runs the reverse process from Gaussian noise (Algorithm 2).
+  """Runs the reverse process from Gaussian noise (Algorithm 2), or fills in a partly known x0.
+
+  Infilling (`known`) by replacement (Song et al. 2021, "Score-based generative modeling through
+  SDEs", Sec. 5 and App. I.2; RePaint, Lugmayr et al. 2022, without its resampling): before each
+  network call the known channels of the state are replaced by the known bits noised to the
+  current level, sqrt(g_now) x0 + sqrt(1 - g_now) z with fresh z, and the known channels of
+  the x0 estimate (fed back as self-conditioning and used by the step) by the known bits.
 
   Args:
     x0_fn: (x_t [B, ...], gamma [B], self_cond [B, ...]) -> clipped x0 estimate [B, ...].
@@ -78,6 +85,8 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     td: asymmetric time interval in steps (0 = standard).
     ddpm_variance: 'large' or 'small' (DDPM only).
     self_condition: feed the previous x0 estimate back to the network.
+    known: optional (bits float [B, ..., D], mask bool [B, ..., D]): the channels where mask
+      is True are known to be those bits; the others are sampled.
 
   Returns:
     (x0, x): the last x0 estimate, whose sign gives the bits, and the final state x_0, both
@@ -92,6 +101,7 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
   if td < 0:
     raise ValueError(f'td must be >= 0 (counted in steps), got {td}.')
   init_rng, loop_rng = jax.random.split(rng)
+  known_rng = jax.random.fold_in(init_rng, 1)  # Infilling's noise; sampling's draws unchanged.
   x = jax.random.normal(init_rng, shape, jnp.float32)
   batch = shape[0]
 
@@ -99,8 +109,13 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     x, x0 = carry
     t_now, t_next = step_times(step, steps, td)
     gamma_now, gamma_next = gamma_fn(t_now), gamma_fn(t_next)
+    if known is not None:
+      z = jax.random.normal(jax.random.fold_in(known_rng, step), shape, jnp.float32)
+      x = jnp.where(known[1], jnp.sqrt(gamma_now) * known[0] + jnp.sqrt(1 - gamma_now) * z, x)
     self_cond = x0 if self_condition else jnp.zeros_like(x)
     x0 = x0_fn(x, jnp.full((batch,), gamma_now), self_cond).astype(jnp.float32)
+    if known is not None:
+      x0 = jnp.where(known[1], known[0], x0)
     if sampler == 'ddim':
       x = ddim_step(x, x0, gamma_now, gamma_next)
     else:

@@ -52,4 +52,7 @@ def get_config():
   config.eval.feature_net = 'digits'
   config.eval.reference = 'half'
   config.eval.feature_batch_size = 1000
+  # Digits whose lower half is removed, filled by the model and read by the digits classifier
+  # (bit_diffusion/image_infill.py); 0 skips it.
+  config.eval.infill_images = 500
   return config

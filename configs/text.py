@@ -77,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   # the training split once and cached in cache_dir ('' = ~/.cache/bit_diffusion).
   config.eval.evaluator_order = 6
   config.eval.cache_dir = ''
+  config.eval.infill_spans = (1, 4, 16)  # Span lengths removed from held-out windows and filled.
+  config.eval.infill_windows = 256  # Held-out windows per span length.
   return config
 
 

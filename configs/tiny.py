@@ -21,6 +21,7 @@ TINY_DIGITS = {
     'optimizer.warmup_steps': 2, 'sampling.steps': 4, 'sampling.num_samples': 12,
     'sampling.batch_size': 8, 'eval.num_batches': 2, 'data.prefetch': 0,
     'eval.num_samples': 0,  # Sample metrics: tests/test_digits_metrics.py.
+    'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
 }
 
 # A captioning config with 16x16 images, a 1-layer encoder and decoder of width 32.
@@ -46,6 +47,7 @@ TINY_TEXT = {
     'training.sample_every': 0, 'training.num_grid_samples': 4,
     'training.compilation_cache': False, 'optimizer.warmup_steps': 5,
     'sampling.num_samples': 6, 'sampling.batch_size': 4, 'eval.num_samples': 8,
+    'eval.infill_spans': (1, 4), 'eval.infill_windows': 6,
 }
 # The diffusion text model's sampler and sweep (absent from the autoregressive baseline).
 TINY_TEXT_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,), 'eval.sweep_td': (0.0, 1.0)}

@@ -14,6 +14,7 @@ from bit_diffusion import engine
 from bit_diffusion import evaluate
 from bit_diffusion import input_pipeline
 from bit_diffusion import train_loop
+from bit_diffusion.metrics import digits_classifier
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import fid
 from configs import tiny
@@ -101,7 +102,7 @@ def test_features_do_not_depend_on_the_device_split(cache_dir):
 
 def test_eval_mode_reports_sample_metrics_beside_the_floor(cache_dir, tmp_path, capsys):
   workdir = str(tmp_path)
-  config = _digits_config(cache_dir, **{'eval.num_batches': 0})
+  config = _digits_config(cache_dir, **{'eval.num_batches': 0, 'eval.infill_images': 16})
   train_loop.train_and_evaluate(config, workdir)
   results = evaluate.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval', 'metrics_2.json')) as f:
@@ -111,3 +112,11 @@ def test_eval_mode_reports_sample_metrics_beside_the_floor(cache_dir, tmp_path, 
     assert np.isfinite(results[f'eval/{name}']) and np.isfinite(results[f'eval/{name}_floor'])
   assert results['eval/fid'] > results['eval/fid_floor']  # Two training steps make noise.
   assert 'real-vs-real floor' in capsys.readouterr().out
+  # Infilling the lower halves: the ceiling is the classifier's agreement on the 16 originals.
+  images, labels = digits_classifier.load_digits()
+  graphdef, params, _ = digits_classifier.load_or_train(cache_dir)
+  _, logits = digits_classifier.make_apply_fn(graphdef)(params, images[:16])
+  assert results['eval/infill_agreement/original'] == float(
+      (np.argmax(logits, -1) == labels[:16]).mean())
+  assert {k.split('/')[-1] for k in results if 'infill' in k} == {
+      'infill', 'original', 'other_lower_half'}

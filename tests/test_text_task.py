@@ -16,6 +16,7 @@ from bit_diffusion import methods
 from bit_diffusion.text import corpus as corpus_lib
 from bit_diffusion.text import data as data_lib
 from bit_diffusion.text import evaluate
+from bit_diffusion.text import infill
 from bit_diffusion.text import ngram
 from configs import text as text_config
 from configs import text_ar
@@ -155,10 +156,32 @@ def test_eval_mode_scores_floor_ceiling_and_each_setting(diffusion_run):
   floor_row, ceiling_row = output['rows'][:2]
   assert floor_row['gen_ppl'] < 0.5 * ceiling_row['gen_ppl']
   assert floor_row['bigram_tv'] < ceiling_row['bigram_tv']
+  # Infilling: each span's accuracy is that of the model's fills of the same held-out windows.
+  assert [r['span'] for r in output['infill']] == [1, 4]
+  windows = task.windows('test')[:6]
+  mask = infill.span_masks(6, 16, 4, config.seed)
+  filled = infill.fill(model, windows, mask, engine.seed_key(config.seed, 'infill'))
+  np.testing.assert_array_equal(filled[mask], windows[mask])
+  assert output['infill'][1]['model'] == infill.span_accuracy(filled, windows, mask)
   with open(os.path.join(workdir, 'eval', 'text_40.json')) as f:
     assert json.load(f) == output
   with open(os.path.join(workdir, 'eval', 'text_40.md')) as f:
     assert f.read().startswith('| setting | gen. perplexity |')
+
+
+def test_infill_mode_fills_the_marked_characters(diffusion_run, tmp_path):
+  config, workdir, _, _ = diffusion_run
+  path = tmp_path / 'known.txt'
+  path.write_text('the cat s_t on t\n__ dogs ran to a\n')
+  written = evaluate.infill_from_file(config, workdir, str(path))
+  assert os.path.basename(written) == 'known_40_ddim3_td0.txt'
+  with open(written, encoding='utf-8') as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 2 and lines[0][:9] == 'the cat s' and lines[0][10:] == 't on t'
+  assert lines[1][2:] == ' dogs ran to a'
+  filled = np.load(written[:-len('.txt')] + '.npy')
+  model = generation.load(config, workdir)
+  assert model.task.decode(filled) == lines
 
 
 def test_autoregressive_baseline_trains_samples_and_scores_exact_bits(tmp_path, corpus_file):

@@ -18,6 +18,7 @@ from bit_diffusion import cpu
 from bit_diffusion import distributed
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import evaluate
+from bit_diffusion import image_infill
 from bit_diffusion import input_pipeline
 from bit_diffusion import methods
 from bit_diffusion import tasks
@@ -102,6 +103,34 @@ def test_eval_mode_writes_json(trained_workdir):
   # sampling.use_ema=False scores the online weights (4 steps from the EMA's start: they differ).
   online = evaluate.evaluate_checkpoint(tiny.tiny_digits(**{'sampling.use_ema': False}), workdir)
   assert online['eval/loss'] != results['eval/loss']
+
+
+def test_infill_mode_fills_only_the_unknown_pixels(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  source, _ = input_pipeline.create_source(tiny.tiny_digits().data)
+  batch = source.get(np.arange(3))
+  originals = batch['images'].astype(np.int32)  # [3, 8, 8, 1]
+  mask = image_infill.lower_half_unknown(originals.shape)[..., 0]  # [3, 8, 8]: known rows 0-3.
+  path = str(tmp_path / 'digits.npz')
+  np.savez(path, images=originals[..., 0], mask=mask)
+  with pytest.raises(ValueError, match="class-conditional model needs 'labels'"):
+    evaluate.infill_from_file(tiny.tiny_digits(), workdir, path)
+  np.savez(path, images=originals[..., 0], mask=mask, labels=batch['labels'])
+  written = evaluate.infill_from_file(tiny.tiny_digits(), workdir, path)
+  assert os.path.basename(written) == 'digits_4_ddim4_td0.npz'
+  with np.load(written) as data:
+    filled = data['images']
+  np.testing.assert_array_equal(filled[:, :4], originals[:, :4])
+  assert filled.min() >= 0 and filled.max() < 32
+  assert not np.array_equal(filled[:, 4:], originals[:, 4:])  # Four steps of training: noise.
+  np.savez(tmp_path / 'bad.npz', images=originals[:, :4, :, 0], mask=mask[:, :4],
+           labels=batch['labels'])
+  with pytest.raises(ValueError, match=r'do not match the model'):
+    evaluate.infill_from_file(tiny.tiny_digits(), workdir, str(tmp_path / 'bad.npz'))
+  np.savez(tmp_path / 'range.npz', images=originals[..., 0] + 40, mask=mask,
+           labels=batch['labels'])
+  with pytest.raises(ValueError, match=r'outside the model'):
+    evaluate.infill_from_file(tiny.tiny_digits(), workdir, str(tmp_path / 'range.npz'))
 
 
 def test_checkpoint_from_another_config_is_refused(trained_workdir):

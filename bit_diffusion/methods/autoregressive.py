@@ -67,8 +67,8 @@ class Autoregressive:
     errors = jnp.sum((jnp.argmax(logits, -1) != tokens) * mask, axis=1) / count
     return jnp.mean(loss), {'loss': loss, 'token_error': errors}
 
-  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None,
-                     **overrides) -> Callable[..., jax.Array]:
+  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None, *,
+                     infill: bool = False, **overrides) -> Callable[..., jax.Array]:
     """A jitted fn(params, rng, cond) -> token ids int32 [B, L].
 
     `sampling.temperature` (or the override `temperature`): 0 decodes greedily (argmax; the
@@ -83,6 +83,9 @@ class Autoregressive:
       raise ValueError(f'sampling.temperature must be >= 0 (0: greedy); got {temperature}.')
 
     def sample_fn(params, rng, cond):
+      known = None
+      if infill:
+        cond, *known = cond
       model = nnx.merge(graphdef, params, copy=True)
       context = model.encode_condition(cond)
       batch = jax.tree.leaves(cond)[0].shape[0]
@@ -96,6 +99,8 @@ class Autoregressive:
         else:
           token = jnp.argmax(logits, axis=-1)
         token = token.astype(jnp.int32)
+        if known is not None:
+          token = jnp.where(known[1][:, i], known[0][:, i].astype(jnp.int32), token)
         return tokens.at[:, i].set(token), token, cache
 
       start = jnp.full((batch,), model.start_id, jnp.int32)

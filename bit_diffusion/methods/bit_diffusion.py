@@ -134,8 +134,8 @@ class BitDiffusion:
 
   # Sampling.
 
-  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None,
-                     **overrides) -> Callable[..., jax.Array]:
+  def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None, *,
+                     infill: bool = False, **overrides) -> Callable[..., jax.Array]:
     """A jitted fn(params, rng, cond) -> integer samples int32 [B, *example_shape].
 
     cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
@@ -143,6 +143,10 @@ class BitDiffusion:
     ddpm_variance, guidance, self_condition. The condition is encoded once per batch; with
     cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn (the
     same samples). With a mesh, the batch is sharded over its 'data' axis.
+
+    infill=True: cond is (cond, known int [B, *example_shape], known_mask bool [B,
+    *example_shape]) and the values where known_mask is True are kept, the others filled in
+    (`samplers.sample`'s replacement method: the known bits re-noised to every step's level).
     """
     s = self.config.sampling
     settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
@@ -156,6 +160,12 @@ class BitDiffusion:
     microbatch = self.config.cpu.sampler_microbatch_size
 
     def sample_fn(params, rng, cond):
+      known = None
+      if infill:
+        cond, known_data, known_mask = cond
+        mask = known_mask if self.task.channels_last else known_mask[..., None]
+        known = (self.encode(known_data),
+                 jnp.repeat(mask, diffusion.codec.channels_per_value, axis=-1))
       model = nnx.merge(graphdef, params, copy=True)
       batch = jax.tree.leaves(cond)[0].shape[0]
       # An unconditional model's cond only carries the batch size.
@@ -173,7 +183,8 @@ class BitDiffusion:
       clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
       x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, self.task.num_classes, guidance)
       shape = (batch,) + self._bits_shape()
-      x0, _ = samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, **settings)
+      x0, _ = samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, known=known,
+                              **settings)
       return self.decode(x0)
 
     if mesh is None:

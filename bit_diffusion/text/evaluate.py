@@ -15,6 +15,12 @@ training unigram frequencies (the ceiling), so every number has its scale:
 - distinct_4, rep_4: the share of distinct 4-grams over all samples, and the mean share of
   repeated 4-grams within a sample.
 
+Infilling: for each span length of `eval.infill_spans`, `eval.infill_windows` held-out windows
+lose one span each at a random place; the model fills it (Bit Diffusion by replacement, with
+`config.sampling`; the autoregressive baseline greedily from the left context alone) and so does
+the unigram sampler; the score is the share of the span's tokens recovered exactly.
+`--mode=infill --infill_file=FILE` fills a user's windows (`infill.py`).
+
 The autoregressive baseline also gets its exact held-out bits per token (teacher-forced
 cross-entropy of the eval split's windows). Bit Diffusion gets none: its x0 regression loss is
 not a likelihood bound, and decoding by the signs of the bits defines no token likelihood
@@ -41,6 +47,7 @@ from bit_diffusion import metric_writer
 from bit_diffusion import outputs
 from bit_diffusion.methods import autoregressive
 from bit_diffusion.metrics import inception
+from bit_diffusion.text import infill as infill_lib
 from bit_diffusion.text import metrics as text_metrics
 from bit_diffusion.text import ngram
 
@@ -167,19 +174,21 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   bits = None
   if config.method == 'autoregressive':
     bits = heldout_bits_per_token(model, held_out, model.batch_size(config.sampling.batch_size))
+  infill_rows = infill_accuracies(config, model, held_out[:config.eval.infill_windows])
   output = {'step': model.step, 'num_samples': num, 'heldout_bits_per_token': bits,
             'evaluator': f'Kneser-Ney, order {config.eval.evaluator_order}',
-            'rows': rows, 'examples': examples}
+            'rows': rows, 'infill': infill_rows, 'examples': examples}
   if jax.process_index() == 0:
     base = outputs.reserve(os.path.join(workdir, 'eval', f'text_{model.step}'), ('.json', '.md'))
     with open(base + '.json', 'w') as f:
       json.dump(output, f, indent=2)
     with open(base + '.md', 'w') as f:
-      f.write(results_table(rows, bits))
+      f.write(results_table(rows, bits) + infill_table(infill_rows))
     writer = metric_writer.create_writer(workdir)
     scalars = {f'eval/{rows[-1]["setting"]}/{k}': rows[-1][k] for k in SCORES}
     if bits is not None:
       scalars['eval/heldout_bits_per_token'] = bits
+    scalars.update({f'eval/infill_span{r["span"]}_accuracy': r['model'] for r in infill_rows})
     writer.write_scalars(model.step, scalars)
     writer.close()
     logging.info('Wrote %s.json and .md', base)
@@ -196,3 +205,54 @@ def results_table(rows: list[dict], bits_per_token=None) -> str:
   if bits_per_token is not None:
     lines.append(f'\nHeld-out bits per token (teacher-forced): {bits_per_token:.3f}')
   return '\n'.join(lines) + '\n'
+
+
+def infill_settings(config) -> dict:
+  """The sampler settings of infilling: the config's (Bit Diffusion), greedy (the AR baseline:
+  the most likely token is the one most often right)."""
+  return {'temperature': 0.0} if config.method == 'autoregressive' else {}
+
+
+def infill_accuracies(config, model: generation.LoadedModel, windows: np.ndarray) -> list[dict]:
+  """[{'span', 'model', 'unigram'}]: the share of a removed span recovered, per span length."""
+  rows = []
+  train_tokens = model.task.corpus.splits['train']
+  for span in config.eval.infill_spans:
+    mask = infill_lib.span_masks(len(windows), windows.shape[1], int(span), config.seed)
+    filled = infill_lib.fill(model, windows, mask, engine.seed_key(config.seed, 'infill'),
+                             **infill_settings(config))
+    unigram = infill_lib.unigram_fill(windows, mask, train_tokens, model.task.vocab_size,
+                                      config.seed)
+    rows.append({'span': int(span), 'model': infill_lib.span_accuracy(filled, windows, mask),
+                 'unigram': infill_lib.span_accuracy(unigram, windows, mask)})
+  return rows
+
+
+def infill_table(rows: list[dict]) -> str:
+  if not rows:
+    return ''
+  lines = ['', '| infilled span | model | unigram sampler |', '| --- | --- | --- |']
+  lines += [f'| {r["span"]} | {r["model"]:.1%} | {r["unigram"]:.1%} |' for r in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def infill_from_file(config, workdir: str, path: str) -> str:
+  """Fills the unknown tokens of an infill file (`infill.read_known`) with the latest
+  checkpoint; writes WORKDIR/infill/<file name>_<step>_<setting>.txt (one window per line) and
+  .npy (token ids int32 [N, L]); returns the .txt path."""
+  workdir = checkpointing.ensure_writable_dir(workdir)
+  model = generation.load(config, workdir, config.sampling.use_ema)
+  tokens, mask = infill_lib.read_known(path, model.task.vocabulary, model.task.example_shape[0])
+  filled = infill_lib.fill(model, tokens, mask, engine.seed_key(config.seed, 'infill'),
+                           **infill_settings(config))
+  s = config.sampling
+  setting = 'greedy' if config.method == 'autoregressive' else setting_name(config, s.steps, s.td)
+  name = os.path.splitext(os.path.basename(path))[0]
+  stem = os.path.join(workdir, 'infill', f'{name}_{model.step}_{setting}')
+  if jax.process_index() == 0:
+    stem = outputs.reserve(stem, ('.txt', '.npy'))
+    write_texts(stem + '.txt', model.task.decode(filled))
+    np.save(stem + '.npy', filled)
+    logging.info('Filled %d windows (%d unknown tokens) into %s.txt', len(filled),
+                 int((~mask).sum()), stem)
+  return stem + '.txt'

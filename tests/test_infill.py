@@ -1,0 +1,108 @@
+"""Infilling: the replacement sampler on a distribution with a known answer, the autoregressive
+baseline's left-context decoding, and text infill files."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bit_diffusion import engine
+from bit_diffusion import methods
+from bit_diffusion import samplers
+from bit_diffusion import schedules
+from bit_diffusion.methods import autoregressive
+from bit_diffusion.text import corpus as corpus_lib
+from bit_diffusion.text import infill
+from configs import text_ar
+from configs import tiny
+
+GAMMA = schedules.get_gamma_fn('cosine')
+
+
+def twin_bits_x0(x, gamma, self_cond):
+  """The exact x0 = E[x0 | x_t] of data (b, b) with b = -1 or +1 equally likely: the posterior
+  of b given x_t = sqrt(g) b + sqrt(1 - g) z in both channels is proportional to
+  exp(sqrt(g) b (x_1 + x_2) / (1 - g)), so E[x0] = tanh(sqrt(g) (x_1 + x_2) / (1 - g))."""
+  del self_cond
+  g = gamma[:, None]
+  value = jnp.tanh(jnp.sqrt(g) * jnp.sum(x, axis=-1, keepdims=True) / (1 - g))
+  return jnp.broadcast_to(value, x.shape)
+
+
+def test_replacement_fills_the_unknown_twin_bit():
+  batch = 400
+  first = jnp.where(jax.random.bernoulli(jax.random.key(0), 0.5, (batch,)), 1.0, -1.0)
+  known_bits = jnp.stack([first, jnp.zeros_like(first)], axis=-1)  # [B, 2]
+  mask = jnp.broadcast_to(jnp.array([True, False]), (batch, 2))
+  run = lambda known: samplers.sample(twin_bits_x0, (batch, 2), jax.random.key(1),
+                                      gamma_fn=GAMMA, steps=50, known=known)[0]
+  x0 = run((known_bits, mask))
+  np.testing.assert_array_equal(x0[:, 0], first)  # The known bit is kept exactly.
+  # The second bit should equal the first: the data have no other pairs. Replacement gets it
+  # nearly always, not always (seen: 98.5%): at the noisiest steps the known bit is mostly noise
+  # and a few samples commit to the other sign before it is clear (RePaint's resampling targets
+  # this).
+  assert float(jnp.mean(jnp.sign(x0[:, 1]) == first)) > 0.95
+  # Without the known bit the pair is drawn at random: half of them disagree with `first`.
+  unconditional = run(None)
+  agreement = float(jnp.mean(jnp.sign(unconditional[:, 1]) == first))
+  assert 0.4 < agreement < 0.6, agreement  # 400 draws: 5 standard deviations is 0.125.
+  # Nothing known is the plain sampler, draw for draw.
+  np.testing.assert_array_equal(run((known_bits, jnp.zeros_like(mask))), unconditional)
+
+
+def test_autoregressive_infill_decodes_from_the_left_context_only():
+  config = tiny.tiny_text(text_ar)
+  method = methods.create(config)
+  graphdef, params = nnx.split(method.create_network(jax.random.key(3)), nnx.Param)
+  params['logits_out']['kernel'].value = params['logits_out']['kernel'].value * 30.0
+  known = jax.random.randint(jax.random.key(4), (4, 16), 0, 27)
+  mask = jnp.ones((4, 16), bool).at[:, 5:9].set(False)  # Positions 5-8 unknown.
+  fn = method.make_sample_fn(graphdef, infill=True, temperature=0.0)
+  filled = fn(params, engine.seed_key(0, 'infill'), (jnp.zeros((4,), jnp.int32), known, mask))
+  np.testing.assert_array_equal(filled[:, :5], known[:, :5])
+  np.testing.assert_array_equal(filled[:, 9:], known[:, 9:])
+  # Each unknown position is the argmax given the (filled) tokens to its left: one full causal
+  # pass over the result reproduces them, whatever follows position 8.
+  model = nnx.merge(graphdef, params)
+  logits = model.logits(autoregressive.shift_right(filled, model.start_id), None)
+  np.testing.assert_array_equal(filled[:, 5:9], jnp.argmax(logits[:, 5:9], -1))
+
+
+def test_infill_text_file_is_read_with_one_token_per_mask_char(tmp_path):
+  vocabulary = corpus_lib.CharacterVocabulary('text8')
+  path = tmp_path / 'known.txt'
+  path.write_text('The c_t s_t!\n____ quick f\n')
+  tokens, mask = infill.read_known(str(path), vocabulary, 12)
+  # 'The c' + _ + 't s' + _ + 't' normalised: 'the c', 't s', 't ' (the '!' becomes a space).
+  assert vocabulary.decode(np.where(mask[0], tokens[0], 0)) == 'the c t s t '
+  np.testing.assert_array_equal(np.flatnonzero(~mask[0]), [5, 9])
+  np.testing.assert_array_equal(np.flatnonzero(~mask[1]), [0, 1, 2, 3])
+  with pytest.raises(ValueError, match='line 1 comes to 12 tokens'):
+    infill.read_known(str(path), vocabulary, 13)
+  np.savez(tmp_path / 'ids.npz', tokens=np.full((2, 13), 30), mask=np.ones((2, 13), bool))
+  with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, 27\)"):
+    infill.read_known(str(tmp_path / 'ids.npz'), vocabulary, 13)
+  np.savez(tmp_path / 'shape.npz', tokens=np.zeros((2, 12)), mask=np.ones((2, 12), bool))
+  with pytest.raises(ValueError, match='must both be'):
+    infill.read_known(str(tmp_path / 'shape.npz'), vocabulary, 13)
+  with pytest.raises(FileNotFoundError, match='not found'):
+    infill.read_known(os.path.join(tmp_path, 'missing.txt'), vocabulary, 13)
+
+
+def test_span_masks_and_accuracy():
+  mask = infill.span_masks(50, 16, 4, seed=0)
+  assert mask.shape == (50, 16) and ((~mask).sum(axis=1) == 4).all()
+  starts = np.argmin(mask, axis=1)  # The first unknown position of each row.
+  np.testing.assert_array_equal((~mask).nonzero()[1].reshape(50, 4),
+                                starts[:, None] + np.arange(4))
+  assert len(np.unique(starts)) > 5  # Spans at many places.
+  original = np.arange(16)[None].repeat(2, 0)
+  filled = original.copy()
+  span = infill.span_masks(2, 16, 4, seed=1)
+  filled[~span] = -1
+  filled[0, np.flatnonzero(~span[0])[0]] = original[0, np.flatnonzero(~span[0])[0]]
+  assert infill.span_accuracy(filled, original, span) == 1 / 8
