@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_images = 5000  # Held-out images scored by --mode=eval (0: all).
   config.eval.sweep_steps = (5, 10, 20, 40)  # --mode=eval scores every steps x td (Table 4).
   config.eval.sweep_td = (0.0, 1.0, 2.0, 4.0, 8.0)
+  # Held-out captions with one token removed and filled (captioning/infill.py); 0 skips it.
+  config.eval.infill_captions = 500
   return config
 
 

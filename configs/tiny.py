@@ -33,7 +33,7 @@ TINY_CAPTIONING = {
     'training.log_every': 20, 'training.checkpoint_every': 40, 'training.sample_every': 0,
     'training.num_grid_samples': 4, 'training.compilation_cache': False,
     'optimizer.warmup_steps': 5, 'sampling.num_samples': 6, 'sampling.batch_size': 4,
-    'eval.num_images': 6,
+    'eval.num_images': 6, 'eval.infill_captions': 4,
 }
 # The diffusion captioner's sampler and sweep (absent from the autoregressive baseline).
 TINY_CAPTIONING_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,),

@@ -3,11 +3,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion.captioning import evaluate
+from bit_diffusion.captioning import infill
 from bit_diffusion.captioning import scoring
 from configs import shapes_captioning
 from configs import shapes_captioning_ar
@@ -60,10 +62,38 @@ def test_eval_mode_sweeps_steps_and_td(diffusion_run):
     assert len(predictions) == output['num_images'] == 6
     expected = scoring.score(predictions, references)
     assert {k: row[k] for k in expected} == expected
+  # Infilling: one token of each of 4 held-out captions removed; the share refilled exactly.
+  model = generation.load(config, workdir)
+  assert output['infill_token_accuracy'] == infill.token_accuracy(config, model, 4)
+  assert output['infill_token_accuracy'] in (0.0, 0.25, 0.5, 0.75, 1.0)
   with open(os.path.join(workdir, 'eval', 'captions_40.json')) as f:
     assert json.load(f) == output
   with open(os.path.join(workdir, 'eval', 'captions_40.md')) as f:
     assert f.read().startswith('| setting | BLEU-4 |')
+
+
+def test_infill_mode_fills_the_marked_caption_tokens(diffusion_run, tmp_path):
+  config, workdir, _, _ = diffusion_run
+  model = generation.load(config, workdir)
+  tokenizer = model.task.tokenizer
+  caption = model.task.eval_source().get([2])['captions'][0][0]
+  words = caption.split()
+  known = ' '.join(words[:2] + ['_'] + words[3:])
+  path = tmp_path / 'blanks.json'
+  path.write_text(json.dumps([{'index': 2, 'caption': known}]))
+  ids, mask = infill.encode_known(known, tokenizer)
+  assert (~mask).sum() == 1 and ids[np.argmax(ids == 1)] == 1  # One unknown token, then EOS.
+  written = evaluate.infill_from_file(config, workdir, str(path))
+  with open(written) as f:
+    result = json.load(f)
+  assert os.path.basename(written) == 'blanks_40.json' and result[0]['index'] == 2
+  filled = tokenizer.text_to_ids([result[0]['caption']])[0]
+  # The known pieces are kept around the filled one.
+  assert tokenizer.ids_to_text(ids[None] * mask)[0].split()[:2] == words[:2]
+  assert result[0]['caption'].split()[:2] == words[:2] and len(filled) == len(ids)
+  path.write_text(json.dumps([{'index': 10_000, 'caption': known}]))
+  with pytest.raises(ValueError, match='image indices must lie in'):
+    evaluate.infill_from_file(config, workdir, str(path))
 
 
 def test_autoregressive_baseline_trains_and_scores(tmp_path):

@@ -22,8 +22,12 @@ from bit_diffusion import generation
 from bit_diffusion import metric_writer
 from bit_diffusion import outputs
 from bit_diffusion.captioning import data as data_lib
+from bit_diffusion.captioning import infill
 from bit_diffusion.captioning import scoring
 from bit_diffusion.captioning import tokens as tokens_lib
+
+# --mode=infill for captions (captioning/infill.py has the file format).
+infill_from_file = infill.infill_from_file
 
 
 def caption_source(model: generation.LoadedModel, source, num_images: int, rng: jax.Array,
@@ -84,7 +88,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   Writes WORKDIR/eval/captions_<step>.json (one entry per setting) and a Markdown table
   WORKDIR/eval/captions_<step>.md (captions_<step>_2.* and so on when they exist); returns
   {'step', 'results': [{'setting', 'steps', 'td', 'bleu4', 'cider', 'rouge_l', 'exact_match',
-  'seconds'}, ...]}.
+  'seconds'}, ...], 'infill_token_accuracy' (with eval.infill_captions > 0)}.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
@@ -106,6 +110,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     logging.info('Step %d, %s: %s', step, row['setting'], scores)
     results.append(row)
   output = {'step': step, 'num_images': len(predictions), 'results': results}
+  if config.eval.infill_captions:  # One token removed from each held-out caption, filled.
+    output['infill_token_accuracy'] = infill.token_accuracy(config, model,
+                                                            config.eval.infill_captions)
   if jax.process_index() == 0:
     base = outputs.reserve(os.path.join(workdir, 'eval', f'captions_{step}'), ('.json', '.md'))
     with open(base + '.json', 'w') as f:
