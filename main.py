@@ -44,8 +44,10 @@ config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 flags.DEFINE_string('infill_file', '', '--mode=infill: the examples with known and unknown '
-                    "parts (text: .txt with '_' per unknown token, or .npz 'tokens' and 'mask'; "
-                    "images: .npz 'images' and 'mask').")
+                    "parts. Text: a .txt with '_' per unknown token, or an .npz of 'tokens' and "
+                    "'mask'; images: an .npz of 'images', 'mask' (and 'labels'); captions: a "
+                    ".json [{\"index\": held-out image, \"caption\": \"with _ per unknown "
+                    'token"}].')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process (GPU clusters without SLURM): '
                     'HOST:PORT of process 0. TPU pods and SLURM are detected without flags.')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: the number of processes.')
@@ -61,6 +63,9 @@ def main(argv):
   if config.task not in MODES_BY_TASK:
     raise app.UsageError(f'Unknown config.task {config.task!r}; choose one of '
                          f'{tuple(MODES_BY_TASK)}.')
+  if FLAGS.mode == 'infill' and not FLAGS.infill_file:
+    sys.exit('Error: --mode=infill needs --infill_file=FILE: the examples with their unknown '
+             "parts marked (text: a .txt with '_' per unknown token; see --helpfull).")
   import jax
   from absl import logging
 
@@ -96,10 +101,6 @@ def _run_mode(config, mode: str, workdir: str) -> None:
   elif mode == 'eval':
     modes().evaluate_checkpoint(config, workdir)
   elif mode == 'infill':
-    if not FLAGS.infill_file:
-      raise app.UsageError('--mode=infill needs --infill_file=FILE.')
-    if not hasattr(modes(), 'infill_from_file'):
-      raise app.UsageError(f'--mode=infill is not available for the {config.task} task yet.')
     modes().infill_from_file(config, workdir, FLAGS.infill_file)
   elif mode == 'check':
     for name, state in checkpointing.check_all(workdir):

@@ -29,7 +29,11 @@ from bit_diffusion import tasks
 from bit_diffusion import train_loop
 from bit_diffusion import workdir_lock
 from bit_diffusion.captioning import data as caption_data
+from bit_diffusion.text import corpus as text_corpus
+from bit_diffusion.text import data as text_data
+from bit_diffusion.text import infill as text_infill
 from configs import shapes_captioning
+from configs import text
 from configs import tiny
 from tests import subprocesses
 
@@ -130,6 +134,35 @@ def _not_a_tokenizer(tmp):
   config = shapes_captioning.get_config()
   config.tokenizer.path = path
   caption_data.create_tokenizer(config)
+
+
+def _text_file(tmp, data: bytes) -> str:
+  path = os.path.join(tmp, 'corpus.txt')
+  with open(path, 'wb') as f:
+    f.write(data)
+  _inputs_ready(tmp)
+  return path
+
+
+def _text_corpus(tmp, data: bytes, **overrides):
+  config = tiny.tiny_text(text, **{'data.name': 'files', 'data.path': _text_file(tmp, data),
+                                   **overrides})
+  return text_data.load_corpus(config).windows('train', config.data.sequence_length)
+
+
+def _infill_text(tmp, lines: str):
+  path = os.path.join(tmp, 'known.txt')
+  with open(path, 'w') as f:
+    f.write(lines)
+  _inputs_ready(tmp)
+  text_infill.read_known(path, text_corpus.CharacterVocabulary('text8'), 16)
+
+
+def _infill_tokens(tmp):
+  path = os.path.join(tmp, 'known.npz')
+  np.savez(path, tokens=np.full((2, 16), 27), mask=np.ones((2, 16), bool))
+  _inputs_ready(tmp)
+  text_infill.read_known(path, text_corpus.CharacterVocabulary('text8'), 16)
 
 
 def _too_few_token_bits(tmp):
@@ -252,6 +285,18 @@ CASES = [
         f'--config.data.path={t}/nope.npz'), RuntimeError),
     ('Sampling from a workdir with no checkpoint, on the command line', lambda t: _cli(
         t, '--config=configs/digits.py', '--mode=sample'), RuntimeError),
+    ('Empty text corpus', lambda t: _text_corpus(t, b' \n\n'), ValueError),
+    ('Text corpus that is not UTF-8', lambda t: _text_corpus(t, 'caf\u00e9'.encode('latin-1')),
+     ValueError),
+    ('Text window longer than the training split',
+     lambda t: _text_corpus(t, b'a short corpus\n', **{'data.sequence_length': 64}), ValueError),
+    ('Bit width too small for the text vocabulary (27 characters need 5 bits)',
+     lambda t: methods.create(tiny.tiny_text(text, **{'data.num_bits': 4})), ValueError),
+    ('Text infill line of the wrong length', lambda t: _infill_text(t, 'the c_t sat\n'),
+     ValueError),
+    ('Text infill tokens outside the vocabulary', _infill_tokens, ValueError),
+    ('Infill mode without an infill file, on the command line', lambda t: _cli(
+        t, '--config=configs/text.py', '--mode=infill'), RuntimeError),
 ]
 
 

@@ -29,9 +29,10 @@ def test_byte_vocabulary_round_trips_any_text():
   assert vocab.decode([0xE6, 0x9D]) == '\ufffd'  # A cut multi-byte character is shown, not fatal.
 
 
-def test_decode_refuses_ids_outside_the_vocabulary():
-  with pytest.raises(ValueError, match=r'\[0, 27\); got 0..27'):
-    corpus.CharacterVocabulary('text8').decode([0, 27])
+def test_decode_shows_ids_outside_the_vocabulary_as_replacement_characters():
+  assert corpus.CharacterVocabulary('text8').decode([8, 27, 0, 31, 9]) == 'h\ufffd \ufffdi'
+  assert corpus.CharacterVocabulary('bytes').decode([104, 300, 105]) == 'h\ufffdi'
+
 
 
 def test_unknown_vocabulary_is_named():

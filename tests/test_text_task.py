@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bit_diffusion import config_overrides
 from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion import methods
@@ -85,6 +86,17 @@ def test_sentencepiece_vocabulary_trained_on_the_training_split(corpus_file):
   assert (corpus.splits['test'] == 1).sum() == text[start:end].count('\n')
   # The same config trains the same tokenizer again (sampling a checkpoint re-creates it).
   assert data_lib.create_vocabulary(config).model == vocabulary.model
+  # A tokenizer read from tokenizer.path is that model; tokenizer.train_lines limits training.
+  path = os.path.join(os.path.dirname(corpus_file), 'pieces.model')
+  with open(path, 'wb') as f:
+    f.write(vocabulary.model)
+  from_file = data_lib.create_vocabulary(config_overrides.apply(config, {'tokenizer.path': path}))
+  np.testing.assert_array_equal(from_file.encode(text[:200]), vocabulary.encode(text[:200]))
+  few_lines = data_lib.create_vocabulary(config_overrides.apply(config, {
+      'tokenizer.train_lines': 3}))
+  assert few_lines.model != vocabulary.model and few_lines.size < vocabulary.size
+  with pytest.raises(FileNotFoundError, match='No SentencePiece model'):
+    data_lib.create_vocabulary(config_overrides.apply(config, {'tokenizer.path': path + '.x'}))
 
 
 def test_lm1b_under_mock_data():
@@ -93,10 +105,24 @@ def test_lm1b_under_mock_data():
   with tfds.testing.mock_data(num_examples=5):
     corpus = data_lib.load_corpus(config)
     lines = data_lib._lines(config, 'test', 0)
+    train_lines = data_lib._lines(config, 'train', 0)
+    limited = data_lib.load_corpus(config_overrides.apply(config, {'data.max_lines': 2}))
   assert set(corpus.splits) == {'train', 'test'}
+  np.testing.assert_array_equal(limited.splits['train'],  # data.max_lines: the first 2 only.
+                                corpus.vocabulary.encode('\n'.join(train_lines[:2]) + '\n'))
   assert len(lines) == 5
   np.testing.assert_array_equal(corpus.splits['test'],  # Each sentence followed by EOS.
                                 corpus.vocabulary.encode('\n'.join(lines) + '\n'))
+
+
+def test_embedded_default_corpus_splits_90_5_5():
+  corpus = data_lib.load_corpus(text_config.get_config())
+  sizes = {name: len(tokens) for name, tokens in corpus.splits.items()}
+  total = sum(sizes.values())
+  assert corpus.vocabulary.size == 27 and total > 4_000_000
+  assert abs(sizes['test'] / total - 0.05) < 1e-6 and abs(sizes['validation'] / total - 0.05) < 1e-6
+  assert corpus.windows('test', 64).shape == (sizes['test'] // 64, 64)
+  assert corpus.vocabulary.decode(corpus.splits['train'][:40]).startswith('in the beginning god')
 
 
 def test_lm1b_missing_data_is_a_clear_error(tmp_path):
@@ -143,7 +169,7 @@ def test_eval_mode_scores_floor_ceiling_and_each_setting(diffusion_run):
   model = generation.load(config, workdir)
   task = model.task
   floor, reference = evaluate.reference_sets(task.windows('test'), 8, config.seed)
-  evaluator = ngram.cached(task.corpus.splits['train'], 27, 6, config.eval.cache_dir)
+  evaluator = ngram.cached(task.corpus.splits['train'], 32, 6, config.eval.cache_dir)
   expected_floor = evaluate.score(floor, reference, evaluator, 27)
   assert {k: output['rows'][0][k] for k in evaluate.SCORES} == expected_floor
   for row, td in zip(output['rows'][2:], (0.0, 1.0)):  # Each row scores its own samples.

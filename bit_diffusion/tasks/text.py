@@ -28,6 +28,9 @@ class TextTask:
     channels_last: False: one value per position.
     num_bits: bits per token, ceil(log2(vocab_size)).
     vocab_size: the number of token ids.
+    num_values: 2**num_bits, the ids the bits can spell (a sample may hold ids >= vocab_size,
+      which are no token: they decode as U+FFFD, and the statistics count them as symbols of
+      their own).
     num_classes: 0 (no labels).
   """
   SIGNATURE_FIELDS = {
@@ -45,6 +48,7 @@ class TextTask:
     self.example_shape = (config.data.sequence_length,)
     self.vocab_size = self.vocabulary.size
     self.num_bits = self.vocabulary.num_bits
+    self.num_values = 2**self.num_bits
 
   def signature(self) -> dict[str, Any]:
     """Checkpoint signature entries beyond the config fields: the vocabulary's size."""
@@ -121,5 +125,5 @@ class TextTask:
     writer.write_texts(step, {'samples': '  \n'.join(f'`{line}`' for line in lines[:8])})
     held_out = self.windows(self.config.data.eval_split)
     writer.write_scalars(step, {
-        'preview/unigram_tv': text_metrics.ngram_tv(samples, held_out, 1, self.vocab_size),
-        'preview/bigram_tv': text_metrics.ngram_tv(samples, held_out, 2, self.vocab_size)})
+        'preview/unigram_tv': text_metrics.ngram_tv(samples, held_out, 1, self.num_values),
+        'preview/bigram_tv': text_metrics.ngram_tv(samples, held_out, 2, self.num_values)})

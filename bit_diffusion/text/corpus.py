@@ -99,13 +99,15 @@ class CharacterVocabulary:
     return self._text8_ids[np.frombuffer(normalise_text8(text).encode('ascii'), np.uint8)]
 
   def decode(self, ids: Sequence[int]) -> str:
-    """The text of token ids; invalid UTF-8 byte sequences are shown as U+FFFD."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= self.size):
-      raise ValueError(f'Token ids must lie in [0, {self.size}); got {ids.min()}..{ids.max()}.')
-    if self.kind == 'bytes':
-      return ids.astype(np.uint8).tobytes().decode('utf-8', errors='replace')
-    return ''.join(TEXT8_ALPHABET[i] for i in ids)
+    """The text of token ids. An id outside [0, size) (k bits spell 2**k values: Bit Diffusion
+    can sample one that is no character) and an invalid UTF-8 byte sequence are shown as
+    U+FFFD."""
+    ids = np.asarray(ids).reshape(-1)
+    valid = (ids >= 0) & (ids < self.size)
+    if self.kind == 'bytes':  # 0xFF never occurs in UTF-8: decoded as U+FFFD.
+      return np.where(valid, ids, 0xFF).astype(np.uint8).tobytes().decode('utf-8',
+                                                                           errors='replace')
+    return ''.join(TEXT8_ALPHABET[i] if ok else '\ufffd' for i, ok in zip(ids.tolist(), valid))
 
 
 def split_ranges(num_tokens: int, fractions: Sequence[float]) -> list[tuple[int, int]]:

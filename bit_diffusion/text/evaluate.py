@@ -13,7 +13,10 @@ training unigram frequencies (the ceiling), so every number has its scale:
 - unigram_tv, bigram_tv: total-variation distances of the samples' token and token-pair
   frequencies to held-out text (`metrics.py`);
 - distinct_4, rep_4: the share of distinct 4-grams over all samples, and the mean share of
-  repeated 4-grams within a sample.
+  repeated 4-grams within a sample;
+- invalid: the share of sampled ids that are no token (Bit Diffusion's k bits spell 2**k values,
+  more than a vocabulary of 27 characters). The statistics and the evaluator run over all 2**k
+  values: such an id was never seen in training and gets only the evaluator's smoothing mass.
 
 Infilling: for each span length of `eval.infill_spans`, `eval.infill_windows` held-out windows
 lose one span each at a random place; the model fills it (Bit Diffusion by replacement, with
@@ -51,7 +54,7 @@ from bit_diffusion.text import infill as infill_lib
 from bit_diffusion.text import metrics as text_metrics
 from bit_diffusion.text import ngram
 
-SCORES = ('gen_ppl', 'unigram_tv', 'bigram_tv', 'distinct_4', 'rep_4')
+SCORES = ('gen_ppl', 'unigram_tv', 'bigram_tv', 'distinct_4', 'rep_4', 'invalid')
 
 
 def sample_windows(model: generation.LoadedModel, num: int, rng: jax.Array,
@@ -107,13 +110,16 @@ def reference_sets(windows: np.ndarray, num: int, seed: int) -> tuple[np.ndarray
 
 def score(samples: np.ndarray, reference: np.ndarray, evaluator: ngram.KneserNeyLM,
           vocab_size: int) -> dict[str, float]:
-  """The sample scores of SCORES for int [N, L] samples against reference windows."""
+  """The sample scores of SCORES for int [N, L] samples against reference windows; ids lie in
+  [0, evaluator.vocab_size) (all values of the bits), tokens in [0, vocab_size)."""
+  num_values = evaluator.vocab_size
   nll = -evaluator.log_probs(samples).mean()
   return {'gen_ppl': float(np.exp(nll)),
-          'unigram_tv': text_metrics.ngram_tv(samples, reference, 1, vocab_size),
-          'bigram_tv': text_metrics.ngram_tv(samples, reference, 2, vocab_size),
-          'distinct_4': text_metrics.distinct_n(samples, 4, vocab_size),
-          'rep_4': text_metrics.repetition_rate(samples, 4, vocab_size)}
+          'unigram_tv': text_metrics.ngram_tv(samples, reference, 1, num_values),
+          'bigram_tv': text_metrics.ngram_tv(samples, reference, 2, num_values),
+          'distinct_4': text_metrics.distinct_n(samples, 4, num_values),
+          'rep_4': text_metrics.repetition_rate(samples, 4, num_values),
+          'invalid': float(np.mean(samples >= vocab_size))}
 
 
 def heldout_bits_per_token(model: generation.LoadedModel, windows: np.ndarray,
@@ -146,7 +152,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   held_out = task.windows(config.data.eval_split)
   floor, reference = reference_sets(held_out, num, config.seed)
   train_tokens = task.corpus.splits['train']
-  evaluator = ngram.cached(train_tokens, task.vocab_size, config.eval.evaluator_order,
+  evaluator = ngram.cached(train_tokens, task.num_values, config.eval.evaluator_order,
                            config.eval.cache_dir or inception.default_cache_dir())
   ceiling = text_metrics.unigram_sampler(train_tokens, task.vocab_size, num,
                                          task.example_shape[0], config.seed)
@@ -197,11 +203,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
 
 def results_table(rows: list[dict], bits_per_token=None) -> str:
   """A Markdown table: setting, gen. perplexity, unigram TV, bigram TV, distinct-4, rep-4, s."""
-  lines = ['| setting | gen. perplexity | unigram TV | bigram TV | distinct-4 | rep-4 | seconds |',
-           '| --- | --- | --- | --- | --- | --- | --- |']
+  lines = ['| setting | gen. perplexity | unigram TV | bigram TV | distinct-4 | rep-4 | invalid | '
+           'seconds |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
   lines += [f'| {r["setting"]} | {r["gen_ppl"]:.2f} | {r["unigram_tv"]:.3f} | '
-            f'{r["bigram_tv"]:.3f} | {r["distinct_4"]:.3f} | {r["rep_4"]:.3f} | {r["seconds"]} |'
-            for r in rows]
+            f'{r["bigram_tv"]:.3f} | {r["distinct_4"]:.3f} | {r["rep_4"]:.3f} | '
+            f'{r["invalid"]:.2%} | {r["seconds"]} |' for r in rows]
   if bits_per_token is not None:
     lines.append(f'\nHeld-out bits per token (teacher-forced): {bits_per_token:.3f}')
   return '\n'.join(lines) + '\n'
