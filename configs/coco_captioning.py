@@ -91,14 +91,4 @@ def get_config() -> ml_collections.ConfigDict:
 def make_autoregressive(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` for the autoregressive baseline: the same data, encoder and decoder sizes, a causal
   decoder, token cross-entropy and greedy decoding; the diffusion-only fields removed."""
-  config.method = 'autoregressive'
-  for section in ('bits', 'diffusion'):
-    del config[section]
-  del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
-    del config.sampling[field]
-  del config.eval.sweep_steps
-  del config.eval.sweep_td
-  del config.cpu.sampler_microbatch_size
-  config.sampling.temperature = 0.0  # 0: greedy decoding; T > 0: tokens drawn from softmax(z/T).
-  return config
+  return common.make_autoregressive(config, temperature=0.0)

@@ -105,3 +105,21 @@ def sampling_config() -> ml_collections.ConfigDict:
   sampling.batch_size = 64  # Samples generated per jitted call.
   sampling.use_ema = True  # Sample with the EMA weights.
   return sampling
+
+
+def make_autoregressive(config: ml_collections.ConfigDict,
+                        temperature: float) -> ml_collections.ConfigDict:
+  """`config` (a sequence task's Bit Diffusion config) for the autoregressive baseline: the same
+  data and sizes, causal, token cross-entropy; the diffusion-only fields removed; tokens decoded
+  at `temperature` (0: greedy)."""
+  config.method = 'autoregressive'
+  for section in ('bits', 'diffusion'):
+    del config[section]
+  del config.data.num_bits
+  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
+    del config.sampling[field]
+  del config.eval.sweep_steps
+  del config.eval.sweep_td
+  del config.cpu.sampler_microbatch_size
+  config.sampling.temperature = temperature  # 0: greedy; T > 0: tokens from softmax(z / T).
+  return config

@@ -85,14 +85,4 @@ def get_config() -> ml_collections.ConfigDict:
 def make_autoregressive(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` for the autoregressive baseline: the same data, width and depth, causal
   self-attention, token cross-entropy, temperature sampling; the diffusion-only fields removed."""
-  config.method = 'autoregressive'
-  for section in ('bits', 'diffusion'):
-    del config[section]
-  del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
-    del config.sampling[field]
-  del config.eval.sweep_steps
-  del config.eval.sweep_td
-  del config.cpu.sampler_microbatch_size
-  config.sampling.temperature = 1.0  # Ancestral sampling (0: greedy).
-  return config
+  return common.make_autoregressive(config, temperature=1.0)
