@@ -13,6 +13,9 @@ The sequence networks of every sequence task: captions (a ViT's image tokens as 
   single-position passes instead of L passes over the whole prefix.
 
 Blocks are pre-LayerNorm. With a context, each block cross-attends to it after self-attention.
+Positions enter either as a learned embedding added to the input ('learned', the paper's
+captioner) or as rotary embeddings of the self-attention queries and keys ('rotary', Su et al.
+2021, RoFormer), which make attention scores depend on relative offsets from the first step.
 """
 
 from typing import Optional
@@ -25,11 +28,35 @@ from bit_diffusion import unet
 
 # One layer's cached keys and values, each [B, L, heads, head_dim].
 LayerCache = tuple[jax.Array, jax.Array]
+POSITIONS = ('learned', 'rotary')
 
 
-def attention(num_heads: int, width: int, rngs: nnx.Rngs) -> nnx.MultiHeadAttention:
-  return nnx.MultiHeadAttention(num_heads=num_heads, in_features=width, decode=False,
-                                deterministic=True, rngs=rngs)
+def rotate(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """Rotary position embedding (RoFormer, Su et al. 2021, Eq. 34): x [B, L, H, D] (D even),
+  positions [L] -> x with each pair (x_i, x_{i + D/2}) rotated by the angle
+  position * 10000**(-2i / D). Then q(m) . k(n) depends on m - n only."""
+  half = x.shape[-1] // 2
+  frequencies = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[:, None] * frequencies[None, :]  # [L, D/2]
+  sin, cos = jnp.sin(angles)[:, None, :], jnp.cos(angles)[:, None, :]  # [L, 1, D/2]
+  first, second = x[..., :half], x[..., half:]
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def rotary_attention(query: jax.Array, key: jax.Array, value: jax.Array, **kwargs) -> jax.Array:
+  """nnx.dot_product_attention with queries and keys rotated by their positions 0..L-1 (an
+  `attention_fn` of nnx.MultiHeadAttention, for self-attention)."""
+  positions = jnp.arange(query.shape[-3])
+  return nnx.dot_product_attention(rotate(query, positions), rotate(key, positions), value,
+                                   **kwargs)
+
+
+def attention(num_heads: int, width: int, rngs: nnx.Rngs,
+              rotary: bool = False) -> nnx.MultiHeadAttention:
+  return nnx.MultiHeadAttention(
+      num_heads=num_heads, in_features=width, decode=False, deterministic=True,
+      attention_fn=rotary_attention if rotary else nnx.dot_product_attention, rngs=rngs)
 
 
 class MlpBlock(nnx.Module):
@@ -48,9 +75,10 @@ class DecoderBlock(nnx.Module):
   [B, L, D] -> [B, L, D]."""
 
   def __init__(self, width: int, mlp_dim: int, num_heads: int, cross_attention: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, rotary: bool = False):
     self.self_norm = nnx.LayerNorm(width, rngs=rngs)
-    self.self_attention = attention(num_heads, width, rngs)
+    self.self_attention = attention(num_heads, width, rngs, rotary)
+    self.rotary = rotary
     if cross_attention:
       self.cross_norm = nnx.LayerNorm(width, rngs=rngs)
       self.cross_attention = attention(num_heads, width, rngs)
@@ -75,34 +103,45 @@ class DecoderBlock(nnx.Module):
     the cache holds the keys and values of positions < index."""
     attn = self.self_attention
     h = self.self_norm(x)
-    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], attn.key(h).astype(cache[0].dtype),
-                                               index, axis=1)
+    query, key = attn.query(h), attn.key(h)
+    if self.rotary:  # The cache holds rotated keys.
+      query, key = rotate(query, index[None]), rotate(key, index[None])
+    keys = jax.lax.dynamic_update_slice_in_dim(cache[0], key.astype(cache[0].dtype), index, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(cache[1], attn.value(h).astype(cache[1].dtype),
                                                  index, axis=1)
     visible = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # [1, 1, 1, L]
-    y = nnx.dot_product_attention(attn.query(h), keys, values, mask=visible)
+    y = nnx.dot_product_attention(query, keys, values, mask=visible)
     x = x + attn.out(y)
     return self._cross_and_mlp(x, context), (keys, values)
 
 
 class Decoder(nnx.Module):
-  """Learned positions, `depth` DecoderBlocks, a final LayerNorm: [B, L, D] -> [B, L, D].
+  """Positions, `depth` DecoderBlocks, a final LayerNorm: [B, L, D] -> [B, L, D].
 
   context_width > 0: every block cross-attends to a context [B, N, context_width] (projected to
-  the width; captioning's image tokens); 0: no context (text).
+  the width; captioning's image tokens); 0: no context (text). positions: 'learned' (an
+  embedding [1, max_length, D] added to the input) or 'rotary' (in every self-attention).
   """
 
   def __init__(self, *, max_length: int, context_width: int, width: int, depth: int,
-               mlp_dim: int, num_heads: int, causal: bool, rngs: nnx.Rngs):
+               mlp_dim: int, num_heads: int, causal: bool, rngs: nnx.Rngs,
+               positions: str = 'learned'):
+    if positions not in POSITIONS:
+      raise ValueError(f'Unknown model.positions={positions!r}; choose one of {POSITIONS}.')
     self.causal = causal
     self.num_heads = num_heads
+    self.max_length = max_length
+    self.width = width
     if context_width:
       self.image_proj = nnx.Linear(context_width, width, rngs=rngs)
     self.has_context = bool(context_width)
-    self.pos_embedding = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (1, max_length, width)))
-    self.blocks = nnx.List([DecoderBlock(width, mlp_dim, num_heads, bool(context_width), rngs)
-                            for _ in range(depth)])
+    self.learned_positions = positions == 'learned'
+    if self.learned_positions:
+      self.pos_embedding = nnx.Param(
+          nnx.initializers.normal(0.02)(rngs.params(), (1, max_length, width)))
+    rotary = positions == 'rotary'
+    self.blocks = nnx.List([DecoderBlock(width, mlp_dim, num_heads, bool(context_width), rngs,
+                                         rotary) for _ in range(depth)])
     self.norm = nnx.LayerNorm(width, rngs=rngs)
 
   def _project(self, context: Optional[jax.Array]) -> Optional[jax.Array]:
@@ -110,22 +149,23 @@ class Decoder(nnx.Module):
 
   def __call__(self, x: jax.Array, context: Optional[jax.Array]) -> jax.Array:
     context = self._project(context)  # [B, N, D] or None.
-    x = x + self.pos_embedding[...][:, :x.shape[1]]
+    if self.learned_positions:
+      x = x + self.pos_embedding[...][:, :x.shape[1]]
     for block in self.blocks:
       x = block(x, context, self.causal)
     return self.norm(x)
 
   def init_cache(self, batch: int, dtype=jnp.float32) -> list[LayerCache]:
     """Empty keys and values of every layer, each [batch, max_length, heads, head_dim]."""
-    _, length, width = self.pos_embedding.shape
-    shape = (batch, length, self.num_heads, width // self.num_heads)
+    shape = (batch, self.max_length, self.num_heads, self.width // self.num_heads)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.blocks]
 
   def decode_step(self, x: jax.Array, context: Optional[jax.Array], cache: list[LayerCache],
                   index: jax.Array) -> tuple[jax.Array, list[LayerCache]]:
     """Causal decoding of position `index`: x [B, 1, D] -> ([B, 1, D], updated cache)."""
     context = self._project(context)
-    x = x + jax.lax.dynamic_slice_in_dim(self.pos_embedding[...], index, 1, axis=1)
+    if self.learned_positions:
+      x = x + jax.lax.dynamic_slice_in_dim(self.pos_embedding[...], index, 1, axis=1)
     new_cache = []
     for block, layer_cache in zip(self.blocks, cache):
       x, layer_cache = block.decode_step(x, context, layer_cache, index)
@@ -145,7 +185,7 @@ class DenoisingTransformer(nnx.Module):
 
   def __init__(self, *, in_channels: int, out_channels: int, max_length: int, width: int,
                depth: int, mlp_dim: int, num_heads: int, encoder: Optional[nnx.Module] = None,
-               encoder_width: int = 0, rngs: nnx.Rngs):
+               encoder_width: int = 0, positions: str = 'learned', rngs: nnx.Rngs):
     if encoder is not None:
       self.encoder = encoder
     self.has_encoder = encoder is not None
@@ -154,7 +194,7 @@ class DenoisingTransformer(nnx.Module):
     self.noise_dense_1 = nnx.Linear(width, width, rngs=rngs)
     self.decoder = Decoder(max_length=max_length, context_width=encoder_width, width=width,
                            depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
-                           rngs=rngs)
+                           positions=positions, rngs=rngs)
     self.bits_out = nnx.Linear(width, out_channels, kernel_init=nnx.initializers.zeros_init(),
                                rngs=rngs)
     self.width = width
@@ -188,14 +228,14 @@ class AutoregressiveTransformer(nnx.Module):
 
   def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
                num_heads: int, encoder: Optional[nnx.Module] = None, encoder_width: int = 0,
-               rngs: nnx.Rngs):
+               positions: str = 'learned', rngs: nnx.Rngs):
     if encoder is not None:
       self.encoder = encoder
     self.has_encoder = encoder is not None
     self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + the start id.
     self.decoder = Decoder(max_length=max_length, context_width=encoder_width, width=width,
                            depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=True,
-                           rngs=rngs)
+                           positions=positions, rngs=rngs)
     self.logits_out = nnx.Linear(width, vocab_size, rngs=rngs)
     self.start_id = vocab_size
 

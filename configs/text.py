@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.depth = 4
   config.model.mlp_dim = 512
   config.model.num_heads = 4
+  # 'rotary': rotary embeddings in self-attention (relative offsets); 'learned': an absolute
+  # embedding added to the input, as the paper's captioner.
+  config.model.positions = 'rotary'
 
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 500
@@ -57,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.ema_decay = 0.999
 
   config.training.batch_size = 64
-  config.training.num_steps = 3000
+  config.training.num_steps = 2400  # About 30 minutes on 2 AVX2 cores (1.3 to 1.6 steps/s).
   config.training.log_every = 100
   config.training.checkpoint_every = 1000
   config.training.sample_every = 2000

@@ -7,7 +7,7 @@ space (27 symbols, 5 bits). Download http://mattmahoney.net/dc/text8.zip, unzip 
 Run:   python main.py --config=configs/text8.py --workdir=runs/text8 --config.data.path=text8
        make eval-text CONFIG=configs/text8.py WORKDIR=runs/text8
 Model: a 12-layer Transformer of width 768 (12 heads, MLP 3072; the size the papers above call
-small: 86.4M parameters). Hardware: accelerators (the batch shards over every device and
+small: 86.2M parameters with rotary positions). Hardware: accelerators (the batch shards over every device and
 host; --config.training.param_sharding=fsdp splits the weights). Not trained on this project's
 machines: no time or result is claimed.
 """

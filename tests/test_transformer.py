@@ -4,6 +4,7 @@ autoregressive sampler equals a decoder that recomputes the whole prefix at ever
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from bit_diffusion import engine
@@ -15,10 +16,10 @@ from configs import tiny
 
 
 def test_cached_decoding_equals_the_causal_pass_with_and_without_a_context():
-  for context_width in (0, 12):
+  for context_width, positions in ((0, 'learned'), (12, 'learned'), (0, 'rotary')):
     model = transformer.AutoregressiveTransformer(
         vocab_size=11, max_length=7, width=16, depth=2, mlp_dim=32, num_heads=2,
-        encoder_width=context_width, rngs=nnx.Rngs(0))
+        encoder_width=context_width, positions=positions, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
     context = jax.random.normal(jax.random.key(2), (3, 5, 12)) if context_width else None
     full = model.logits(autoregressive.shift_right(tokens, model.start_id), context)
@@ -78,3 +79,39 @@ def test_unconditional_denoiser_ignores_the_condition():
   np.testing.assert_array_equal(out, model(x, gamma, jnp.arange(3)))
   np.testing.assert_array_equal(out, model.denoise(x, gamma, model.encode_condition(None)))
   assert not np.allclose(out[0], model(x, gamma[::-1], None)[0])  # gamma is read.
+
+
+def test_rotary_scores_depend_on_the_offset_only():
+  """q(m) . k(n) after `rotate` is a function of m - n: shifting both positions by 5 keeps every
+  score; the scores differ between offsets; a rotation keeps norms."""
+  query, key = jax.random.normal(jax.random.key(0), (2, 1, 1, 8))
+  positions = jnp.arange(6)
+  tile = lambda x: jnp.tile(x, (1, 6, 1, 1))  # The same vector at every position.
+  scores = lambda shift: jnp.einsum('blhd,bmhd->blm', transformer.rotate(tile(query),
+                                                                         positions + shift),
+                                    transformer.rotate(tile(key), positions + shift))[0]
+  np.testing.assert_allclose(scores(5), scores(0), atol=1e-5)
+  offsets = np.subtract.outer(np.arange(6), np.arange(6))
+  base = np.asarray(scores(0))
+  for offset in range(-5, 6):  # Constant along each diagonal, and diagonals differ.
+    np.testing.assert_allclose(base[offsets == offset], base[offsets == offset][0], atol=1e-5)
+  assert len(np.unique(np.round(base[0], 4))) == 6
+  np.testing.assert_allclose(jnp.linalg.norm(transformer.rotate(tile(query), positions), axis=-1),
+                             jnp.linalg.norm(tile(query), axis=-1), rtol=1e-5)
+
+
+def test_rotary_denoiser_has_no_position_table_and_sees_the_order():
+  kwargs = dict(in_channels=4, out_channels=2, max_length=6, width=16, depth=1, mlp_dim=32,
+                num_heads=2, rngs=nnx.Rngs(0))
+  rotary = transformer.DenoisingTransformer(positions='rotary', **kwargs)
+  learned = transformer.DenoisingTransformer(**kwargs)
+  count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert count(learned) - count(rotary) == 6 * 16  # The [1, L, D] table only.
+  rotary.bits_out.kernel.value = jax.random.normal(jax.random.key(1), (16, 2))
+  x = jax.random.normal(jax.random.key(2), (1, 6, 4))
+  out = rotary(x, jnp.array([0.5]), None)
+  # Without positions, self-attention is permutation-equivariant; rotary breaks that.
+  reversed_out = rotary(x[:, ::-1], jnp.array([0.5]), None)[:, ::-1]
+  assert not np.allclose(out, reversed_out, atol=1e-4)
+  with pytest.raises(ValueError, match="model.positions='absolute'"):
+    transformer.DenoisingTransformer(positions='absolute', **kwargs)

@@ -36,7 +36,7 @@ class TextTask:
   SIGNATURE_FIELDS = {
       'data': ('sequence_length',),
       'tokenizer': ('kind',),
-      'model': ('width', 'depth', 'mlp_dim', 'num_heads'),
+      'model': ('width', 'depth', 'mlp_dim', 'num_heads', 'positions'),
   }
   channels_last = False
   num_classes = 0
@@ -68,7 +68,8 @@ class TextTask:
     del out_kernel_size  # A Transformer has no convolution.
     m = self.config.model
     sizes = dict(max_length=self.example_shape[0], width=m.width, depth=m.depth,
-                 mlp_dim=m.mlp_dim, num_heads=m.num_heads, rngs=nnx.Rngs(params=rng))
+                 mlp_dim=m.mlp_dim, num_heads=m.num_heads, positions=m.positions,
+                 rngs=nnx.Rngs(params=rng))
     if kind == 'denoiser':
       return transformer.DenoisingTransformer(in_channels=in_channels,
                                               out_channels=out_channels, **sizes)
