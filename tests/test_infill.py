@@ -61,7 +61,8 @@ def test_autoregressive_infill_decodes_from_the_left_context_only():
   params['logits_out']['kernel'].value = params['logits_out']['kernel'].value * 30.0
   known = jax.random.randint(jax.random.key(4), (4, 16), 0, 27)
   mask = jnp.ones((4, 16), bool).at[:, 5:9].set(False)  # Positions 5-8 unknown.
-  fn = method.make_sample_fn(graphdef, infill=True, temperature=0.0)
+  assert config.sampling.temperature == 1.0  # Infilling decodes greedily all the same.
+  fn = method.make_sample_fn(graphdef, infill=True)
   filled = fn(params, engine.seed_key(0, 'infill'), (jnp.zeros((4,), jnp.int32), known, mask))
   np.testing.assert_array_equal(filled[:, :5], known[:, :5])
   np.testing.assert_array_equal(filled[:, 9:], known[:, 9:])

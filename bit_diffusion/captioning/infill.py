@@ -53,10 +53,6 @@ def fill(model: generation.LoadedModel, images: np.ndarray, tokens: np.ndarray,
   return np.where(mask, tokens, filled)
 
 
-def infill_settings(config) -> dict:
-  return {} if config.method == 'bit_diffusion' else {'temperature': 0.0}
-
-
 def infill_from_file(config, workdir: str, path: str) -> str:
   """Fills the captions of an infill file; writes WORKDIR/infill/<file name>_<step>.json
   ([{"index", "caption"}]) and returns its path."""
@@ -78,7 +74,7 @@ def infill_from_file(config, workdir: str, path: str) -> str:
   known = [encode_known(e['caption'], tokenizer) for e in entries]
   tokens, mask = np.stack([k[0] for k in known]), np.stack([k[1] for k in known])
   filled = fill(model, source.get(indices)['images'], tokens, mask,
-                engine.seed_key(config.seed, 'infill'), **infill_settings(config))
+                engine.seed_key(config.seed, 'infill'))
   captions = tokenizer.ids_to_text(filled)
   stem = os.path.join(workdir, 'infill', f'{os.path.splitext(os.path.basename(path))[0]}_'
                       f'{model.step}')
@@ -101,6 +97,5 @@ def token_accuracy(config, model: generation.LoadedModel, num: int) -> float:
   where = (np.random.default_rng(config.seed).random(len(tokens)) * lengths).astype(int)
   mask = np.ones(tokens.shape, bool)
   mask[np.arange(len(tokens)), where] = False
-  filled = fill(model, batch['images'], tokens, mask, engine.seed_key(config.seed, 'infill'),
-                **infill_settings(config))
+  filled = fill(model, batch['images'], tokens, mask, engine.seed_key(config.seed, 'infill'))
   return float((filled[~mask] == tokens[~mask]).mean())

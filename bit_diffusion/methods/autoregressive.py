@@ -76,9 +76,14 @@ class Autoregressive:
     of the model's distribution, for text). Other overrides (a diffusion sampler's steps, td)
     do not apply and are ignored. Decodes one position per step from cached keys and values
     (`logits_step`): L single-position network passes.
+
+    infill=True: cond is (cond, known int [B, L], known_mask bool [B, L]); known tokens are kept
+    and the others decoded from the left context only. Filling decodes greedily unless
+    `temperature` is given: the most likely token is the one most often right.
     """
     length = self.task.example_shape[0]
-    temperature = float(overrides.get('temperature', self.config.sampling.temperature))
+    default_temperature = 0.0 if infill else self.config.sampling.temperature
+    temperature = float(overrides.get('temperature', default_temperature))
     if temperature < 0:
       raise ValueError(f'sampling.temperature must be >= 0 (0: greedy); got {temperature}.')
 

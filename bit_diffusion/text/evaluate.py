@@ -213,20 +213,13 @@ def results_table(rows: list[dict], bits_per_token=None) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def infill_settings(config) -> dict:
-  """The sampler settings of infilling: the config's (Bit Diffusion), greedy (the AR baseline:
-  the most likely token is the one most often right)."""
-  return {'temperature': 0.0} if config.method == 'autoregressive' else {}
-
-
 def infill_accuracies(config, model: generation.LoadedModel, windows: np.ndarray) -> list[dict]:
   """[{'span', 'model', 'unigram'}]: the share of a removed span recovered, per span length."""
   rows = []
   train_tokens = model.task.corpus.splits['train']
   for span in config.eval.infill_spans:
     mask = infill_lib.span_masks(len(windows), windows.shape[1], int(span), config.seed)
-    filled = infill_lib.fill(model, windows, mask, engine.seed_key(config.seed, 'infill'),
-                             **infill_settings(config))
+    filled = infill_lib.fill(model, windows, mask, engine.seed_key(config.seed, 'infill'))
     unigram = infill_lib.unigram_fill(windows, mask, train_tokens, model.task.vocab_size,
                                       config.seed)
     rows.append({'span': int(span), 'model': infill_lib.span_accuracy(filled, windows, mask),
@@ -249,8 +242,7 @@ def infill_from_file(config, workdir: str, path: str) -> str:
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
   tokens, mask = infill_lib.read_known(path, model.task.vocabulary, model.task.example_shape[0])
-  filled = infill_lib.fill(model, tokens, mask, engine.seed_key(config.seed, 'infill'),
-                           **infill_settings(config))
+  filled = infill_lib.fill(model, tokens, mask, engine.seed_key(config.seed, 'infill'))
   s = config.sampling
   setting = 'greedy' if config.method == 'autoregressive' else setting_name(config, s.steps, s.td)
   name = os.path.splitext(os.path.basename(path))[0]
