@@ -6,10 +6,10 @@ space (27 symbols, 5 bits). Download http://mattmahoney.net/dc/text8.zip, unzip 
 5M validate, the last 5M test; windows of 256 characters (as D3PM).
 Run:   python main.py --config=configs/text8.py --workdir=runs/text8 --config.data.path=text8
        make eval-text CONFIG=configs/text8.py WORKDIR=runs/text8
-Model: a 12-layer Transformer of width 768 (12 heads, MLP 3072; the size the papers above call
-small: 86.2M parameters with rotary positions). Hardware: accelerators (the batch shards over every device and
-host; --config.training.param_sharding=fsdp splits the weights). Not trained on this project's
-machines: no time or result is claimed.
+Model: a 12-layer Transformer of width 768 (12 heads, MLP 3072, rotary positions; the size the
+papers above call small: 86.2M parameters). Hardware: accelerators (the batch shards over every
+device and host; --config.training.param_sharding=fsdp splits the weights). Not trained on this
+project's machines: no time or result is claimed.
 """
 
 from configs import text
