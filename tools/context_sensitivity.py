@@ -7,8 +7,8 @@ For `--num` held-out windows noised at time t (cosine gamma; all positions at th
 in training), the gradient of position p's x0 estimate (summed over its bits) with respect to
 the input bits at each position q; prints the mean norm per offset q - p and the ratio of the
 adjacent positions (q = p +- 1) to the far ones (|q - p| >= 8). A denoiser that does not use its
-context has a ratio near 1 (README "Text": 1.0 with learned positions at std 0.02, 20 with rotary
-positions after 400 steps). Online weights (`--ema` for the EMA).
+context has a ratio near 1 (docs/reference.md, "Text": 0.95 with learned positions at std 0.02,
+20.7 with rotary positions, both after 400 steps). Online weights (`--ema` for the EMA).
 """
 
 import sys
@@ -28,7 +28,7 @@ flags.DEFINE_string('workdir', None, 'The run to read.', required=True)
 flags.DEFINE_float('t', 0.5, 'Diffusion time of the noise.')
 flags.DEFINE_integer('num', 64, 'Held-out windows.')
 flags.DEFINE_bool('ema', False, 'Read the EMA weights instead of the online ones.')
-config_flags.DEFINE_config_file('config', None, 'A sequence task config.')
+config_flags.DEFINE_config_file('config', None, 'A text config (an unconditional denoiser).')
 FLAGS = flags.FLAGS
 
 
