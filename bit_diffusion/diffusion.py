@@ -4,8 +4,9 @@ The math here knows no network. It calls a `denoise_fn`:
 
     denoise_fn(x_t, gamma, self_cond, cond, dropout_rng) -> raw network output
 
-with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B], cond the
-conditioning with a leading batch axis (class labels int32 [B], caption images) or None. The
+with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B] ([B, L] for
+sequences with `position_noise_rate`), cond the conditioning with a leading batch axis (class
+labels int32 [B], caption images) or None. The
 raw output is an x0, eps or v prediction, bit logits ('logistic' loss) or per-value logits
 ('softmax' output); `Diffusion.x0_from_output` turns any of them into an x0 estimate.
 """
@@ -29,12 +30,15 @@ OUTPUTS = ('bits', 'softmax')
 
 
 def _bcast(per_example: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
-  """[B] -> [B, 1, ..., 1] broadcastable against `like` [B, ...]."""
-  return per_example.reshape(per_example.shape + (1,) * (like.ndim - 1))
+  """[B] or [B, L] -> [B, 1, ..., 1] or [B, L, 1, ..., 1], broadcastable against `like`."""
+  return per_example.reshape(per_example.shape + (1,) * (like.ndim - per_example.ndim))
 
 
 def corrupt(x0: jnp.ndarray, gamma: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
-  """x_t = sqrt(gamma) x0 + sqrt(1 - gamma) eps (paper Eq. 1). gamma [B], others [B, ...]."""
+  """x_t = sqrt(gamma) x0 + sqrt(1 - gamma) eps (paper Eq. 1).
+
+  gamma [B] (one level per example) or [B, L] (one per sequence position); others [B, ...].
+  """
   gamma = _bcast(gamma, x0)
   return jnp.sqrt(gamma) * x0 + jnp.sqrt(1 - gamma) * noise
 
@@ -64,6 +68,10 @@ class Diffusion:
     self_condition_rate: fraction of each batch shard trained with self-conditioning.
     label_dropout: probability that a label is replaced by the null label during training.
     num_classes: number of labels (0: unconditional); the null label is `num_classes`.
+    position_noise_rate: probability that a training example (a sequence [L, D]) gets an
+      independent noise level per position instead of one for the whole sequence (beyond the
+      paper). The denoiser then takes gamma [B, L] and sees clean and noisy positions side by
+      side, which teaches it to read its context; sampling is unchanged.
   """
   codec: analog_bits.BitCodec
   gamma_fn: schedules.GammaFn = schedules.cosine_gamma
@@ -73,6 +81,7 @@ class Diffusion:
   self_condition_rate: float = 0.5
   label_dropout: float = 0.0
   num_classes: int = 0
+  position_noise_rate: float = 0.0
 
   def __post_init__(self):
     if self.prediction not in PREDICTIONS:
@@ -93,6 +102,8 @@ class Diffusion:
       raise ValueError(f'self_condition_rate must be in [0, 1], got {self.self_condition_rate}.')
     if not 0 <= self.label_dropout < 1:
       raise ValueError(f'label_dropout must be in [0, 1), got {self.label_dropout}.')
+    if not 0 <= self.position_noise_rate <= 1:
+      raise ValueError(f'position_noise_rate must be in [0, 1], got {self.position_noise_rate}.')
 
   @property
   def scale(self) -> float:
@@ -133,13 +144,28 @@ class Diffusion:
     """
     return self_condition_pattern(self.self_condition_rate, batch)
 
+  def sample_times(self, rng: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
+    """Training times t ~ U[0, 1): [B] for data of `shape` [B, ...]; with position noise, [B, L]
+    for sequences [B, L, D], where a share `position_noise_rate` of the examples (a coin per
+    example) gets an independent time per position and the others one time for all."""
+    if not self.position_noise_rate:
+      return jax.random.uniform(rng, shape[:1])
+    if len(shape) != 3:
+      raise ValueError(f'position_noise_rate > 0 needs sequences [B, L, D], got shape {shape}.')
+    rng, position_rng, coin_rng = jax.random.split(rng, 3)
+    per_example = jax.random.uniform(rng, shape[:1])
+    per_position = jax.random.uniform(position_rng, shape[:2])
+    independent = jax.random.bernoulli(coin_rng, self.position_noise_rate, shape[:1])
+    return jnp.where(independent[:, None], per_position, per_example[:, None])
+
   def loss_terms(self, denoise_fn: DenoiseFn, bits: jnp.ndarray, cond: Optional[jnp.ndarray],
                  rng: jax.Array) -> LossTerms:
     """Algorithm 1 of the paper, per example.
 
     Args:
       denoise_fn: the network, see the module docstring.
-      bits: analog bits x0, float32 [B, ..., D].
+      bits: analog bits x0, float32 [B, ..., D]. With position noise, sequences [B, L, D] and
+        denoise_fn takes gamma [B, L].
       cond: the conditioning, with a leading batch axis (class labels int32 [B], caption
         images [B, S, S, 3]), or None. Labels are dropped to the null label at label_dropout.
       rng: a PRNG key.
@@ -149,7 +175,7 @@ class Diffusion:
     """
     batch = bits.shape[0]
     t_rng, noise_rng, label_rng, sc_rng, dropout_rng = jax.random.split(rng, 5)
-    t = jax.random.uniform(t_rng, (batch,))
+    t = self.sample_times(t_rng, bits.shape)
     gamma = self.gamma_fn(t)
     noise = jax.random.normal(noise_rng, bits.shape)
     x_t = corrupt(bits, gamma, noise)
@@ -209,8 +235,8 @@ def self_condition_pattern(rate: float, batch: int) -> tuple[int, int]:
 
 def diffusion_from_config(config, num_bits: int, num_classes: int) -> Diffusion:
   """The Diffusion of `config.diffusion` and `config.bits` for values of `num_bits` bits and
-  `num_classes` labels (0: none). Image-only fields (output, label_dropout) default when a
-  config has none (captioning)."""
+  `num_classes` labels (0: none). Fields only some tasks have (output, label_dropout for images,
+  position_noise_rate for text) default when a config has none."""
   return Diffusion(
       codec=analog_bits.BitCodec(num_bits=num_bits, encoding=config.bits.encoding,
                                  scale=config.bits.scale,
@@ -221,4 +247,5 @@ def diffusion_from_config(config, num_bits: int, num_classes: int) -> Diffusion:
       output=config.diffusion.get('output', 'bits'),
       self_condition_rate=config.diffusion.self_condition_rate,
       label_dropout=config.diffusion.get('label_dropout', 0.0),
-      num_classes=num_classes)
+      num_classes=num_classes,
+      position_noise_rate=config.diffusion.get('position_noise_rate', 0.0))

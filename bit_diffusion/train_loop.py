@@ -209,11 +209,13 @@ class PreemptionWatcher:
 
 
 def _flat_hparams(config) -> dict[str, Any]:
+  """The config as TensorBoard hyperparameters: {'section.key' or 'key': bool, number or str}."""
+  scalar = lambda value: str(value) if isinstance(value, (tuple, list)) else value
   flat = {}
   for section, values in config.items():
     if hasattr(values, 'items'):
       for key, value in values.items():
-        flat[f'{section}.{key}'] = str(value) if isinstance(value, (tuple, list)) else value
+        flat[f'{section}.{key}'] = scalar(value)
     else:
-      flat[section] = value if not isinstance(value, (tuple, list)) else str(value)
+      flat[section] = scalar(values)
   return flat

@@ -174,8 +174,8 @@ class Decoder(nnx.Module):
 
 
 class DenoisingTransformer(nnx.Module):
-  """Bit Diffusion's sequence denoiser: (x_t ++ self_cond [B, L, 2k], gamma [B], cond) -> x0
-  [B, L, k], non-causal.
+  """Bit Diffusion's sequence denoiser: (x_t ++ self_cond [B, L, 2k], gamma [B] or [B, L],
+  cond) -> x0 [B, L, k], non-causal.
 
   encoder: a module turning the condition into context tokens [B, N, De] (captioning's ViT),
   or None for an unconditional model (text), whose condition is ignored. The denoiser protocol
@@ -205,11 +205,16 @@ class DenoisingTransformer(nnx.Module):
 
   def denoise(self, x: jax.Array, gamma: jax.Array, context: Optional[jax.Array], *,
               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    """x [B, L, 2k], gamma [B], context [B, N, De] or None -> x0 prediction [B, L, k]."""
+    """x [B, L, 2k], gamma [B] (or [B, L]: a level per position), context [B, N, De] or None
+    -> x0 prediction [B, L, k]."""
     del dropout_rng  # No dropout: the paper's captioner sets none.
-    noise = unet.sinusoidal_embedding(gamma * 1000.0, self.width)  # [B, D], as the U-Net.
+    levels = gamma.reshape(-1) * 1000.0
+    noise = unet.sinusoidal_embedding(levels, self.width)  # As the U-Net.
     noise = self.noise_dense_1(jax.nn.silu(self.noise_dense_0(noise)))
-    h = self.bits_in(x) + noise[:, None, :]
+    noise = noise.reshape(gamma.shape + (self.width,))  # [B, D] or [B, L, D].
+    if gamma.ndim == 1:
+      noise = noise[:, None, :]
+    h = self.bits_in(x) + noise
     return self.bits_out(self.decoder(h, context))
 
   def __call__(self, x: jax.Array, gamma: jax.Array, cond, *,

@@ -94,6 +94,14 @@ def _check(config, num_devices):
   engine.check_config(config, methods.create(config), num_devices, 1)
 
 
+def _position_noise_on_images(tmp):
+  del tmp
+  config = tiny.tiny_digits()
+  with config.unlocked():  # The field exists in the text configs only.
+    config.diffusion.position_noise_rate = 0.5
+  _check(config, 1)
+
+
 def _corrupt_folder(tmp):
   root = os.path.join(tmp, 'images', 'cats')
   os.makedirs(root)
@@ -292,6 +300,8 @@ CASES = [
      lambda t: _text_corpus(t, b'a short corpus\n', **{'data.sequence_length': 64}), ValueError),
     ('Bit width too small for the text vocabulary (27 characters need 5 bits)',
      lambda t: methods.create(tiny.tiny_text(text, **{'data.num_bits': 4})), ValueError),
+    ('Position noise (a level per sequence position) on images',
+     _position_noise_on_images, ValueError),
     ('Text infill line of the wrong length', lambda t: _infill_text(t, 'the c_t sat\n'),
      ValueError),
     ('Text infill tokens outside the vocabulary', _infill_tokens, ValueError),

@@ -118,11 +118,52 @@ def test_label_dropout_uses_the_null_label():
   assert set(np.unique(seen[0])) == {0, 10}
 
 
+def test_position_noise_levels_and_corruption_per_position():
+  """rate 0.5, linear schedule (gamma = 1 - t): half of the examples (a coin each) get one level
+  per position, the rest one level for the whole sequence, and every position is corrupted at
+  its own level (Eq. 1 per position)."""
+  seen = {}
+
+  def recording_denoise_fn(x_t, gamma, self_cond, labels, rng):
+    seen['x_t'], seen['gamma'] = np.asarray(x_t), np.asarray(gamma)
+    return x_t
+
+  diff = diffusion.Diffusion(codec=CODEC, gamma_fn=schedules.linear_gamma,
+                             self_condition_rate=0.0, position_noise_rate=0.5)
+  bits = jnp.ones((4000, 16, 3))
+  diff.loss_terms(recording_denoise_fn, bits, None, jax.random.PRNGKey(0))
+  gamma = seen['gamma']
+  assert gamma.shape == (4000, 16)
+  per_position = gamma.std(axis=1) > 0
+  assert abs(per_position.mean() - 0.5) < 0.03  # Binomial(4000, 0.5): sd 0.008.
+  independent = gamma[per_position]
+  # Independent U[0, 1) levels: mean 1/2, variance 1/12, no correlation between neighbours.
+  np.testing.assert_allclose(independent.mean(), 0.5, atol=0.01)
+  np.testing.assert_allclose(independent.var(), 1 / 12, atol=0.003)
+  assert abs(np.corrcoef(independent[:, :-1].ravel(), independent[:, 1:].ravel())[0, 1]) < 0.02
+  # The noise at each position, (x_t - sqrt(gamma) x0) / sqrt(1 - gamma), is standard normal.
+  g = gamma[..., None]
+  noise = (seen['x_t'] - np.sqrt(g)) / np.sqrt(1 - g)
+  np.testing.assert_allclose([noise.mean(), noise.var()], [0.0, 1.0], atol=0.01)
+
+
+def test_position_noise_off_keeps_one_level_per_example():
+  diff = diffusion.Diffusion(codec=CODEC, self_condition_rate=0.0)
+  seen = []
+  diff.loss_terms(lambda x, g, sc, labels, rng: seen.append(g) or x, jnp.ones((8, 16, 3)),
+                  None, jax.random.PRNGKey(0))
+  assert seen[0].shape == (8,)
+  with pytest.raises(ValueError, match=r'sequences \[B, L, D\]'):
+    diffusion.Diffusion(codec=CODEC, position_noise_rate=0.5).loss_terms(
+        lambda x, g, sc, labels, rng: x, BITS, None, jax.random.PRNGKey(0))
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(prediction='score'), 'Unknown prediction'), (dict(loss='l1'), 'Unknown loss'),
     (dict(output='logits'), 'Unknown output'), (dict(loss='logistic', prediction='eps'), 'x0'),
     (dict(output='softmax', prediction='v'), 'x0'), (dict(self_condition_rate=1.5), 'rate'),
-    (dict(label_dropout=1.0), 'label_dropout')])
+    (dict(label_dropout=1.0), 'label_dropout'),
+    (dict(position_noise_rate=-0.1), 'position_noise_rate')])
 def test_bad_settings(kwargs, match):
   with pytest.raises(ValueError, match=match):
     diffusion.Diffusion(codec=CODEC, **kwargs)

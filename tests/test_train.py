@@ -369,3 +369,14 @@ def test_learning_rate_schedules():
   np.testing.assert_allclose(cosine(steps), [1e-4, 5e-4, 1e-3, 1e-3, 5e-4,
                                              1e-3 * (1 + np.cos(0.75 * np.pi)) / 2, 0.0],
                              rtol=1e-5, atol=1e-9)
+
+
+
+def test_hyperparameters_are_the_config_flattened():
+  from configs import text as text_config
+  config = tiny.tiny_text(text_config)
+  flat = train_loop._flat_hparams(config)  # pylint: disable=protected-access
+  assert (flat['seed'], flat['task'], flat['method']) == (config.seed, 'text', 'bit_diffusion')
+  assert flat['training.batch_size'] == config.training.batch_size
+  assert flat['data.splits'] == str(config.data.splits)
+  assert len(flat) == sum(len(v) if hasattr(v, 'items') else 1 for v in config.values())

@@ -81,6 +81,22 @@ def test_unconditional_denoiser_ignores_the_condition():
   assert not np.allclose(out[0], model(x, gamma[::-1], None)[0])  # gamma is read.
 
 
+def test_denoiser_reads_a_noise_level_per_position():
+  """gamma [B, L] equal along L gives the output of gamma [B]; a different level at one
+  position changes the output there (and, through attention, elsewhere)."""
+  model = transformer.DenoisingTransformer(in_channels=10, out_channels=5, max_length=6,
+                                           width=16, depth=1, mlp_dim=32, num_heads=2,
+                                           positions='rotary', rngs=nnx.Rngs(0))
+  model.bits_out.kernel.value = jax.random.normal(jax.random.key(1), (16, 5))
+  x = jax.random.normal(jax.random.key(2), (3, 6, 10))
+  gamma = jnp.array([0.1, 0.5, 0.9])
+  np.testing.assert_allclose(model(x, jnp.tile(gamma[:, None], (1, 6)), None),
+                             model(x, gamma, None), atol=1e-6)
+  levels = jnp.tile(gamma[:, None], (1, 6)).at[:, 2].set(0.99)
+  changed = np.abs(np.asarray(model(x, levels, None) - model(x, gamma, None))).max(axis=(0, 2))
+  assert changed[2] > 1e-3 and (changed > 0).all()
+
+
 def test_rotary_scores_depend_on_the_offset_only():
   """q(m) . k(n) after `rotate` is a function of m - n: shifting both positions by 5 keeps every
   score; the scores differ between offsets; a rotation keeps norms."""

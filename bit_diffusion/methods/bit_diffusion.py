@@ -65,6 +65,11 @@ class BitDiffusion:
                        '> 0 (it learns the unconditional model from dropped labels).')
     if diffusion.label_dropout and not self.task.num_classes:
       raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
+    if diffusion.position_noise_rate and len(self.task.example_shape) != 1:
+      raise ValueError(
+          f'diffusion.position_noise_rate={diffusion.position_noise_rate} gives every sequence '
+          f'position its own noise level; the {config.task} task has examples of shape '
+          f'{tuple(self.task.example_shape)}, not sequences: set it to 0.')
     sampler_microbatch = config.cpu.sampler_microbatch_size
     if sampler_microbatch < 0 or sampler_microbatch % num_devices:
       raise ValueError(f'cpu.sampler_microbatch_size={sampler_microbatch} must be 0 (whole '
