@@ -130,9 +130,17 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return meta
 
 
+# Signature fields added after checkpoints were written, with the value that every checkpoint
+# written before them had: such a checkpoint matches a config that sets this value.
+LATER_SIGNATURE_FIELDS = {
+    'model.positions': 'learned',  # Rotary positions came later; before, all were learned.
+}
+
+
 def check_signature(manager: ocp.CheckpointManager, step: int, wanted: dict) -> None:
   """Raises ValueError if checkpoint `step` was written with a different model signature."""
-  saved = read_meta(manager, step)['signature']
+  saved = dict(LATER_SIGNATURE_FIELDS)
+  saved.update(read_meta(manager, step)['signature'])
   differences = [f'{key}: checkpoint has {saved.get(key)!r}, config has {wanted[key]!r}'
                  for key in wanted if saved.get(key) != wanted[key]]
   if differences:

@@ -146,3 +146,17 @@ def test_no_readable_checkpoint_is_one_clear_error(runs, tmp_path):
                      match=r'No checkpoint in .* can be read \(step 4: .*; step 2: .*\)'):
     generation.load(tiny.tiny_digits(**SIX_STEPS), copy)
   assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']  # Nothing moved.
+
+
+def test_a_checkpoint_from_before_a_signature_field_matches_the_old_behaviour(tmp_path):
+  """A checkpoint written before `model.positions` existed had learned positions: it restores
+  into a config that asks for 'learned' and is refused, naming the field, for 'rotary'."""
+  manager = checkpointing.create_manager(str(tmp_path), 2)
+  checkpointing.save(manager, 1, {'w': np.zeros(2)}, {'model.width': 8})
+  manager.wait_until_finished()
+  checkpointing.check_signature(manager, 1, {'model.width': 8, 'model.positions': 'learned'})
+  with pytest.raises(ValueError, match="model.positions: checkpoint has 'learned', config has "
+                     "'rotary'"):
+    checkpointing.check_signature(manager, 1, {'model.width': 8, 'model.positions': 'rotary'})
+  with pytest.raises(ValueError, match='model.width: checkpoint has 8, config has 16'):
+    checkpointing.check_signature(manager, 1, {'model.width': 16})
