@@ -18,6 +18,7 @@ from bit_diffusion import schedules
 X0Fn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SAMPLERS = ('ddim', 'ddpm')
 DDPM_VARIANCES = ('large', 'small')
+INFILL_METHODS = ('replace', 'clean')
 
 
 def ddim_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray,
@@ -66,7 +67,7 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
            gamma_fn: schedules.GammaFn, steps: int, sampler: str = 'ddim', td: float = 0.0,
            ddpm_variance: str = 'large', self_condition: bool = True,
            known: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
-           ) -> tuple[jnp.ndarray, jnp.ndarray]:
+           infill: str = 'replace') -> tuple[jnp.ndarray, jnp.ndarray]:
   """Runs the reverse process from Gaussian noise (Algorithm 2), or fills in a partly known x0.
 
   Infilling (`known`) by replacement (Song et al. 2021, "Score-based generative modeling through
@@ -74,9 +75,14 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
   network call the known channels of the state are replaced by the known bits noised to the
   current level, sqrt(g_now) x0 + sqrt(1 - g_now) z with fresh z, and the known channels of
   the x0 estimate (fed back as self-conditioning and used by the step) by the known bits.
+  `infill='clean'` (sequences [B, L, D] only, for a denoiser trained with a noise level per
+  position: `diffusion.position_noise_rate`) instead gives the known positions clean, at the
+  level gamma(0), with gamma [B, L] passed to x0_fn: the unknown positions are denoised next to
+  their exact context, as the known part of a window is seen in training.
 
   Args:
-    x0_fn: (x_t [B, ...], gamma [B], self_cond [B, ...]) -> clipped x0 estimate [B, ...].
+    x0_fn: (x_t [B, ...], gamma [B] ([B, L] with infill='clean'), self_cond [B, ...]) ->
+      clipped x0 estimate [B, ...].
     shape: [B, ..., D] of the analog bits.
     rng: PRNG key for the initial noise and DDPM's noise.
     gamma_fn: the noise schedule.
@@ -87,6 +93,7 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     self_condition: feed the previous x0 estimate back to the network.
     known: optional (bits float [B, ..., D], mask bool [B, ..., D]): the channels where mask
       is True are known to be those bits; the others are sampled.
+    infill: how the known bits enter: 'replace' (re-noised each step) or 'clean' (see above).
 
   Returns:
     (x0, x): the last x0 estimate, whose sign gives the bits, and the final state x_0, both
@@ -100,6 +107,12 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     raise ValueError(f'Sampling needs at least one step, got steps={steps}.')
   if td < 0:
     raise ValueError(f'td must be >= 0 (counted in steps), got {td}.')
+  if infill not in INFILL_METHODS:
+    raise ValueError(f'Unknown infill method {infill!r}; choose one of {INFILL_METHODS}.')
+  clean = known is not None and infill == 'clean'
+  if clean and len(shape) != 3:
+    raise ValueError(f"infill='clean' gives each sequence position its own noise level; it needs "
+                     f'sequences [B, L, D], got shape {shape}.')
   init_rng, loop_rng = jax.random.split(rng)
   known_rng = jax.random.fold_in(init_rng, 1)  # Infilling's noise; sampling's draws unchanged.
   x = jax.random.normal(init_rng, shape, jnp.float32)
@@ -109,11 +122,15 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     x, x0 = carry
     t_now, t_next = step_times(step, steps, td)
     gamma_now, gamma_next = gamma_fn(t_now), gamma_fn(t_next)
-    if known is not None:
+    gamma = jnp.full((batch,), gamma_now)
+    if clean:  # The known positions exact, at the level of t = 0; the others at gamma_now.
+      x = jnp.where(known[1], known[0], x)
+      gamma = jnp.where(jnp.all(known[1], axis=-1), gamma_fn(jnp.float32(0.0)), gamma_now)
+    elif known is not None:
       z = jax.random.normal(jax.random.fold_in(known_rng, step), shape, jnp.float32)
       x = jnp.where(known[1], jnp.sqrt(gamma_now) * known[0] + jnp.sqrt(1 - gamma_now) * z, x)
     self_cond = x0 if self_condition else jnp.zeros_like(x)
-    x0 = x0_fn(x, jnp.full((batch,), gamma_now), self_cond).astype(jnp.float32)
+    x0 = x0_fn(x, gamma, self_cond).astype(jnp.float32)
     if known is not None:
       x0 = jnp.where(known[1], known[0], x0)
     if sampler == 'ddim':

@@ -116,8 +116,9 @@ def make_autoregressive(config: ml_collections.ConfigDict,
   for section in ('bits', 'diffusion'):
     del config[section]
   del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
-    del config.sampling[field]
+  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method'):
+    if field in config.sampling:
+      del config.sampling[field]
   del config.eval.sweep_steps
   del config.eval.sweep_td
   del config.cpu.sampler_microbatch_size

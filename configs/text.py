@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling = common.sampling_config()
   config.sampling.steps = 100
   config.sampling.td = 0.0
+  # Infilling (--mode=infill): 'clean' gives the known characters exact, at their own noise
+  # level (needs diffusion.position_noise_rate > 0); 'replace' re-noises them to every step's
+  # level (Song et al. 2021).
+  config.sampling.infill_method = 'clean'
   config.sampling.num_samples = 256  # Windows written by --mode=sample.
   config.sampling.batch_size = 128
 

@@ -70,6 +70,7 @@ class BitDiffusion:
           f'diffusion.position_noise_rate={diffusion.position_noise_rate} gives every sequence '
           f'position its own noise level; the {config.task} task has examples of shape '
           f'{tuple(self.task.example_shape)}, not sequences: set it to 0.')
+    self._check_infill_method(config.sampling.get('infill_method', 'replace'))
     sampler_microbatch = config.cpu.sampler_microbatch_size
     if sampler_microbatch < 0 or sampler_microbatch % num_devices:
       raise ValueError(f'cpu.sampler_microbatch_size={sampler_microbatch} must be 0 (whole '
@@ -84,6 +85,19 @@ class BitDiffusion:
           f'training.microbatch_size={microbatch} cannot keep the self-conditioning share '
           f'{k}/{m} of diffusion.self_condition_rate={rate} on each of {num_devices} devices: '
           f'use a microbatch of a multiple of {m * num_devices} examples.')
+
+  def infill_methods(self) -> tuple[str, ...]:
+    """The infilling methods this model supports: 'clean' needs training with position noise."""
+    return ('replace', 'clean') if self.diffusion.position_noise_rate else ('replace',)
+
+  def _check_infill_method(self, name: str) -> None:
+    if name not in samplers.INFILL_METHODS:
+      raise ValueError(f'Unknown sampling.infill_method={name!r}; choose one of '
+                       f'{samplers.INFILL_METHODS}.')
+    if name not in self.infill_methods():
+      raise ValueError(f"sampling.infill_method='{name}' gives the known positions clean next to "
+                       'noisy ones, which this model never saw: it needs training with '
+                       "diffusion.position_noise_rate > 0. Use 'replace'.")
 
   def signature(self) -> dict[str, Any]:
     """What a checkpoint's parameters depend on, beyond the task's fields."""
@@ -145,19 +159,24 @@ class BitDiffusion:
 
     cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
     which only carry B). Keyword overrides of `config.sampling`: sampler, steps, td,
-    ddpm_variance, guidance, self_condition. The condition is encoded once per batch; with
-    cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn (the
-    same samples). With a mesh, the batch is sharded over its 'data' axis.
+    ddpm_variance, guidance, self_condition, infill_method. The condition is encoded once per
+    batch; with cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in
+    turn (the same samples). With a mesh, the batch is sharded over its 'data' axis.
 
     infill=True: cond is (cond, known int [B, *example_shape], known_mask bool [B,
     *example_shape]) and the values where known_mask is True are kept, the others filled in
-    (`samplers.sample`'s replacement method: the known bits re-noised to every step's level).
+    by `samplers.sample`'s method `infill_method`: 'replace' (the known bits re-noised to every
+    step's level) or 'clean' (sequences from a model trained with position noise: the known
+    positions given clean, at their own noise level).
     """
     s = self.config.sampling
     settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
-                    guidance=s.get('guidance', 0.0), self_condition=self.self_condition)
+                    guidance=s.get('guidance', 0.0), self_condition=self.self_condition,
+                    infill_method=s.get('infill_method', 'replace'))
     settings.update(overrides)
     guidance = settings.pop('guidance')
+    infill_method = settings.pop('infill_method')
+    self._check_infill_method(infill_method)
     if guidance and not self.task.num_classes:
       raise ValueError('Classifier-free guidance needs a class-conditional model '
                        '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
@@ -189,7 +208,7 @@ class BitDiffusion:
       x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, self.task.num_classes, guidance)
       shape = (batch,) + self._bits_shape()
       x0, _ = samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, known=known,
-                              **settings)
+                              infill=infill_method, **settings)
       return self.decode(x0)
 
     if mesh is None:

@@ -214,24 +214,39 @@ def results_table(rows: list[dict], bits_per_token=None) -> str:
 
 
 def infill_accuracies(config, model: generation.LoadedModel, windows: np.ndarray) -> list[dict]:
-  """[{'span', 'model', 'unigram'}]: the share of a removed span recovered, per span length."""
+  """[{'span', 'model', 'unigram', ...}]: the share of a removed span recovered, per span length.
+
+  'model' is the config's infilling; Bit Diffusion also gets one entry per infilling method it
+  supports ('replace', and 'clean' after training with position noise).
+  """
   rows = []
   train_tokens = model.task.corpus.splits['train']
+  names = model.method.infill_methods() if config.method == 'bit_diffusion' else ()
+  rng = engine.seed_key(config.seed, 'infill')
   for span in config.eval.infill_spans:
     mask = infill_lib.span_masks(len(windows), windows.shape[1], int(span), config.seed)
-    filled = infill_lib.fill(model, windows, mask, engine.seed_key(config.seed, 'infill'))
+    accuracy = lambda filled: infill_lib.span_accuracy(filled, windows, mask)  # noqa: B023
     unigram = infill_lib.unigram_fill(windows, mask, train_tokens, model.task.vocab_size,
                                       config.seed)
-    rows.append({'span': int(span), 'model': infill_lib.span_accuracy(filled, windows, mask),
-                 'unigram': infill_lib.span_accuracy(unigram, windows, mask)})
+    row = {'span': int(span), 'model': accuracy(infill_lib.fill(model, windows, mask, rng)),
+           'unigram': accuracy(unigram)}
+    for name in names:
+      row[name] = accuracy(infill_lib.fill(model, windows, mask, rng, infill_method=name))
+    rows.append(row)
   return rows
 
 
 def infill_table(rows: list[dict]) -> str:
+  """A Markdown table: span, the model's accuracy (per infilling method if several), unigram."""
   if not rows:
     return ''
-  lines = ['', '| infilled span | model | unigram sampler |', '| --- | --- | --- |']
-  lines += [f'| {r["span"]} | {r["model"]:.1%} | {r["unigram"]:.1%} |' for r in rows]
+  methods = [k for k in rows[0] if k not in ('span', 'model', 'unigram')]
+  columns = methods or ['model']
+  lines = ['', '| infilled span | ' + ' | '.join(
+      f'model, {c}' if methods else c for c in columns) + ' | unigram sampler |',
+           '| --- |' + ' --- |' * (len(columns) + 1)]
+  lines += [f'| {r["span"]} | ' + ' | '.join(f'{r[c]:.1%}' for c in columns) +
+            f' | {r["unigram"]:.1%} |' for r in rows]
   return '\n'.join(lines) + '\n'
 
 
