@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   # level (a coin per window), so that the denoiser sees clean and noisy characters side by
   # side and learns to read its context (docs/reference.md, "Text"); 0 trains as the paper.
   config.diffusion.position_noise_rate = 0.5
+  # 'bits': one x0 per analog bit (the paper's captioner); 'softmax': logits over the 2**num_bits
+  # values, x0 = their expected bits (the paper's output for uint8 (rand) images).
+  config.diffusion.output = 'bits'
 
   config.model = ml_collections.ConfigDict()
   config.model.width = 128

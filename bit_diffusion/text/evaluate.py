@@ -228,10 +228,13 @@ def infill_accuracies(config, model: generation.LoadedModel, windows: np.ndarray
     accuracy = lambda filled: infill_lib.span_accuracy(filled, windows, mask)  # noqa: B023
     unigram = infill_lib.unigram_fill(windows, mask, train_tokens, model.task.vocab_size,
                                       config.seed)
-    row = {'span': int(span), 'model': accuracy(infill_lib.fill(model, windows, mask, rng)),
-           'unigram': accuracy(unigram)}
+    row = {'span': int(span)}
     for name in names:
       row[name] = accuracy(infill_lib.fill(model, windows, mask, rng, infill_method=name))
+    default = config.sampling.get('infill_method')
+    row['model'] = (row[default] if default in row
+                    else accuracy(infill_lib.fill(model, windows, mask, rng)))
+    row['unigram'] = accuracy(unigram)
     rows.append(row)
   return rows
 
