@@ -205,7 +205,8 @@ def group_positions(process: GlauberProcess, first_step: jax.Array, k: int) -> j
   return process.position(jnp.asarray(first_step)[..., None] + jnp.arange(k)).astype(jnp.int32)
 
 
-def _check(process: GlauberProcess, k: int, logits_shape=None, tokens_shape=None) -> None:
+def check(process: GlauberProcess, k: int, logits_shape=None, tokens_shape=None) -> None:
+  """Errors of positions_per_call k, of the sequences' shape and of the network's vocabulary."""
   if not 1 <= k <= process.length or process.num_steps % k:
     raise ValueError(f'positions_per_call={k} must be in [1, L={process.length}] and divide the '
                      f'T={process.num_steps} steps.')
@@ -239,7 +240,7 @@ def classification_examples(process: GlauberProcess, tokens: jax.Array, rng: jax
   step). X_t at the group's positions is their value before the group's steps.
   """
   k = positions_per_call
-  _check(process, k, tokens_shape=tokens.shape)
+  check(process, k, tokens_shape=tokens.shape)
   batch = tokens.shape[0]
   step_rng, corrupt_rng = jax.random.split(rng)
   step = jax.random.randint(step_rng, (batch,), 0, process.num_steps // k) * k
@@ -272,7 +273,7 @@ def loss_terms(logits_fn: LogitsFn, process: GlauberProcess, tokens: jax.Array, 
   """
   ex = classification_examples(process, tokens, rng, positions_per_call)
   logits = logits_fn(ex.inputs, ex.step)  # [B, L, V]
-  _check(process, positions_per_call, logits_shape=logits.shape)
+  check(process, positions_per_call, logits_shape=logits.shape)
   logits = jnp.take_along_axis(logits, ex.positions[..., None], axis=1).astype(jnp.float32)
   signal = jnp.take_along_axis(logits, ex.targets[..., None], axis=2)[..., 0]  # [B, k]
   q = jnp.exp(process.noise_log_probs())
@@ -293,7 +294,7 @@ def sample(logits_fn: LogitsFn, process: GlauberProcess, rng: jax.Array, batch: 
   bool [batch, L]; the known tokens are kept from the start and never re-drawn.
   """
   k = positions_per_call
-  _check(process, k)
+  check(process, k)
   length = process.length
   if (known is None) != (known_mask is None):
     raise ValueError('Infilling needs both `known` and `known_mask`.')
@@ -316,7 +317,7 @@ def sample(logits_fn: LogitsFn, process: GlauberProcess, rng: jax.Array, batch: 
     positions = group_positions(process, step, k)  # [k]
     hidden = (jnp.arange(length)[None, :, None] == positions).any(-1) & ~fixed  # [B, L]
     logits = logits_fn(jnp.where(hidden, process.phi, x), jnp.full((batch,), step, jnp.int32))
-    _check(process, k, logits_shape=logits.shape)
+    check(process, k, logits_shape=logits.shape)
     log_probs = conditional_log_probs(logits[:, positions], noise_log_probs)  # [B, k, V]
     draw = jax.random.categorical(jax.random.fold_in(loop_rng, n), log_probs).astype(jnp.int32)
     draw = jnp.where(fixed[:, positions], x[:, positions], draw)
