@@ -13,6 +13,7 @@ from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion import methods
 from bit_diffusion import tasks
+from bit_diffusion.text import evaluate
 from configs import shapes_captioning
 from configs import text_ggm
 from configs import tiny
@@ -47,6 +48,12 @@ def test_tiny_text_ggm_trains_samples_and_infills(tmp_path):
   faster = model.make_sample_fn(positions_per_call=4)(model.params, rng,
                                                       jnp.zeros((5,), jnp.int32))
   assert faster.shape == (5, 16)
+  # The sample and eval modes of the text task.
+  path = evaluate.sample_from_checkpoint(config, workdir)
+  assert os.path.basename(path) == 'samples_4_ggm_k1_n6_seed0.txt'
+  output = evaluate.evaluate_checkpoint(config, workdir)
+  assert [r['setting'] for r in output['rows']][2:] == ['ggm_k1']
+  assert [r['span'] for r in output['infill']] == [1, 4]
 
 
 def test_ggm_bad_inputs_get_one_clear_error():
