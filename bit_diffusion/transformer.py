@@ -11,6 +11,9 @@ The sequence networks of every sequence task: captions (a ViT's image tokens as 
   self-attention, token embeddings in and vocabulary logits out. `init_cache` and `logits_step`
   decode one position at a time from cached keys and values, so generating L tokens costs L
   single-position passes instead of L passes over the whole prefix.
+- `GlauberTransformer`: the Glauber Generative Model's classifier (`ggm.py`). Non-causal, token
+  embeddings of the vocabulary plus the symbol phi that marks the classified positions, the
+  step as a sinusoidal time embedding, and one logit per vocabulary entry at every position.
 
 Blocks are pre-LayerNorm. With a context, each block cross-attends to it after self-attention.
 Positions enter either as a learned embedding added to the input ('learned', the paper's
@@ -265,3 +268,31 @@ class AutoregressiveTransformer(nnx.Module):
 
   def __call__(self, tokens_in: jax.Array, cond) -> jax.Array:
     return self.logits(tokens_in, self.encode_condition(cond))
+
+
+class GlauberTransformer(nnx.Module):
+  """GGM's classifier: (tokens_in int [B, L] in [0, vocab] with phi = vocab, time [B] in [0, 1))
+  -> logits [B, L, vocab] of D_t(a, x_{-i}) at each position holding phi; non-causal.
+
+  The time (step t / T) enters as a sinusoidal embedding of 1000 t / T through a 2-layer MLP,
+  added to every token embedding (as `DenoisingTransformer` adds its noise level).
+  """
+
+  def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
+               num_heads: int, positions: str = 'learned', rngs: nnx.Rngs):
+    self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + phi.
+    self.time_dense_0 = nnx.Linear(width, width, rngs=rngs)
+    self.time_dense_1 = nnx.Linear(width, width, rngs=rngs)
+    self.decoder = Decoder(max_length=max_length, context_width=0, width=width, depth=depth,
+                           mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
+                           positions=positions, rngs=rngs)
+    self.logits_out = nnx.Linear(width, vocab_size, kernel_init=nnx.initializers.zeros_init(),
+                                 rngs=rngs)
+    self.phi = vocab_size
+    self.width = width
+
+  def __call__(self, tokens_in: jax.Array, time: jax.Array) -> jax.Array:
+    embedding = unet.sinusoidal_embedding(time * 1000.0, self.width)  # [B, D]
+    embedding = self.time_dense_1(jax.nn.silu(self.time_dense_0(embedding)))
+    h = self.token_embedding(tokens_in) + embedding[:, None, :]
+    return self.logits_out(self.decoder(h, None))

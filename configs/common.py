@@ -14,7 +14,9 @@ def engine_config(*, task: str, method: str) -> ml_collections.ConfigDict:
   # Seeds the parameters, the data order, the training noise and the samples (separate streams).
   config.seed = 0
   config.task = task  # What is generated: 'image' | 'captioning' | 'text'.
-  config.method = method  # How: 'bit_diffusion' | 'autoregressive' (sequence baseline).
+  # How: 'bit_diffusion' | 'autoregressive' (sequence baseline) | 'ggm' (Glauber Generative
+  # Model, text).
+  config.method = method
   config.optimizer = optimizer_config()
   config.training = training_config()
   config.cpu = cpu_config()

@@ -51,6 +51,8 @@ TINY_TEXT = {
 }
 # The diffusion text model's sampler and sweep (absent from the autoregressive baseline).
 TINY_TEXT_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,), 'eval.sweep_td': (0.0, 1.0)}
+# The Glauber Generative Model's process: 2 sweeps of 16 positions (32 network calls a sample).
+TINY_TEXT_GGM = {'ggm.num_sweeps': 2}
 
 
 def tiny_digits(**overrides) -> ml_collections.ConfigDict:
@@ -80,6 +82,8 @@ def tiny_text(config_module, **overrides) -> ml_collections.ConfigDict:
   tiny = dict(TINY_TEXT)
   if config.method == 'bit_diffusion':
     tiny.update(TINY_TEXT_DIFFUSION)
+  if config.method == 'ggm':
+    tiny.update(TINY_TEXT_GGM)
   return config_overrides.apply(config, {**tiny, **overrides})
 
 

@@ -1,4 +1,5 @@
-"""Methods: how data is generated (Bit Diffusion, the autoregressive baseline).
+"""Methods: how data is generated (Bit Diffusion, the autoregressive baseline, the Glauber
+Generative Model).
 
 `create(config, task=None)` builds the config's method for a task (by default the config's).
 Every method has the same small surface, used by the engine (`engine.py`) and the generation
@@ -12,9 +13,11 @@ docs/architecture.md has the steps to add one.
 from bit_diffusion import tasks
 from bit_diffusion.methods import autoregressive
 from bit_diffusion.methods import bit_diffusion
+from bit_diffusion.methods import ggm
 
 METHODS = {'bit_diffusion': bit_diffusion.BitDiffusion,
-           'autoregressive': autoregressive.Autoregressive}
+           'autoregressive': autoregressive.Autoregressive,
+           'ggm': ggm.GlauberGenerativeModel}
 
 
 def create(config, task=None):

@@ -68,6 +68,9 @@ class CaptionTask:
     if kind == 'autoregressive':
       return model_lib.AutoregressiveCaptioner(vocab_size=self.vocab_size, **kwargs,
                                                rngs=nnx.Rngs(params=rng))
+    if kind == 'glauber':
+      raise ValueError("config.method='ggm' on captions is not built yet (no image-conditioned "
+                       "GGM classifier); use config.method='bit_diffusion' or 'autoregressive'.")
     raise ValueError(f'The captioning task has no {kind!r} network.')
 
   def initial_params(self, params: Any) -> Any:

@@ -66,6 +66,9 @@ class ImageTask:
 
     network(x [B, H, W, in_channels], gamma [B], labels [B] or None) -> [B, H, W, out_channels].
     """
+    if kind == 'glauber':
+      raise ValueError("config.method='ggm' on images is not built yet (it needs images as token "
+                       "sequences, e.g. a VQ tokenizer); use config.method='bit_diffusion'.")
     if kind != 'denoiser':
       raise ValueError(f'The image task has no {kind!r} network (only a denoising U-Net); use '
                        "config.method='bit_diffusion'.")

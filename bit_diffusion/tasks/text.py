@@ -2,7 +2,8 @@
 
 An example is [L] token ids cut from a corpus (`text/data.py`); there is no condition. The
 networks are `transformer.py`'s decoders without a context: a non-causal denoiser for Bit
-Diffusion (kind 'denoiser'), a causal one for the autoregressive baseline ('autoregressive').
+Diffusion (kind 'denoiser'), a causal one for the autoregressive baseline ('autoregressive'), a
+non-causal classifier over token embeddings for the Glauber Generative Model ('glauber').
 Samples are written as text, one window per line, and scored by `text/evaluate.py`.
 """
 
@@ -64,7 +65,8 @@ class TextTask:
   def create_network(self, kind: str, *, rng: jax.Array, in_channels: int = 0,
                      out_channels: int = 0, out_kernel_size: int = 1) -> nnx.Module:
     """'denoiser': (x_t ++ self_cond [B, L, in_channels], gamma [B], cond) -> [B, L,
-    out_channels]; 'autoregressive': (tokens_in [B, L], cond) -> logits [B, L, vocab]."""
+    out_channels]; 'autoregressive': (tokens_in [B, L], cond) -> logits [B, L, vocab];
+    'glauber': (tokens_in [B, L] with phi = vocab, time [B]) -> logits [B, L, vocab]."""
     del out_kernel_size  # A Transformer has no convolution.
     m = self.config.model
     sizes = dict(max_length=self.example_shape[0], width=m.width, depth=m.depth,
@@ -75,6 +77,8 @@ class TextTask:
                                               out_channels=out_channels, **sizes)
     if kind == 'autoregressive':
       return transformer.AutoregressiveTransformer(vocab_size=self.vocab_size, **sizes)
+    if kind == 'glauber':
+      return transformer.GlauberTransformer(vocab_size=self.vocab_size, **sizes)
     raise ValueError(f'The text task has no {kind!r} network.')
 
   def initial_params(self, params: Any) -> Any:

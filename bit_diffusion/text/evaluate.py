@@ -66,9 +66,12 @@ def sample_windows(model: generation.LoadedModel, num: int, rng: jax.Array,
 
 
 def setting_name(config, steps: int = 0, td: float = 0.0) -> str:
-  """'ddim100_td1' for Bit Diffusion, 'temperature1' for the autoregressive baseline."""
+  """'ddim100_td1' for Bit Diffusion, 'temperature1' for the autoregressive baseline, 'ggm_k1'
+  for the Glauber Generative Model (k: positions re-drawn per network call)."""
   if config.method == 'autoregressive':
     return f'temperature{config.sampling.temperature:g}'
+  if config.method == 'ggm':
+    return f'ggm_k{config.ggm.positions_per_call}'
   return f'{config.sampling.sampler}{steps}_td{td:g}'
 
 
@@ -80,7 +83,7 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   s = config.sampling
   model = generation.load(config, workdir, s.use_ema)
   tokens = sample_windows(model, s.num_samples, engine.seed_key(config.seed, 'sample'))
-  steps_td = () if config.method == 'autoregressive' else (s.steps, s.td)
+  steps_td = (s.steps, s.td) if config.method == 'bit_diffusion' else ()
   stem = os.path.join(workdir, 'text', f'samples_{model.step}_{setting_name(config, *steps_td)}'
                       f'_n{len(tokens)}_seed{config.seed}')
   if jax.process_index() == 0:
@@ -160,7 +163,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
                                                         task.vocab_size), seconds=0.0),
           dict(setting='unigram sampler (ceiling)', **score(ceiling, reference, evaluator,
                                                             task.vocab_size), seconds=0.0)]
-  if config.method == 'autoregressive':
+  if config.method != 'bit_diffusion':  # One sampler setting, no steps x td sweep.
     settings = [(0, 0.0)]
   else:
     settings = list(itertools.product(config.eval.sweep_steps or (config.sampling.steps,),
@@ -168,7 +171,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   examples = {}
   for steps, td in settings:
     start = time.time()
-    overrides = {} if config.method == 'autoregressive' else dict(steps=int(steps), td=float(td))
+    overrides = dict(steps=int(steps), td=float(td)) if config.method == 'bit_diffusion' else {}
     samples = sample_windows(model, num, engine.seed_key(config.seed, 'eval_samples'),
                              **overrides)
     row = dict(setting=setting_name(config, steps, td),
@@ -262,7 +265,8 @@ def infill_from_file(config, workdir: str, path: str) -> str:
   tokens, mask = infill_lib.read_known(path, model.task.vocabulary, model.task.example_shape[0])
   filled = infill_lib.fill(model, tokens, mask, engine.seed_key(config.seed, 'infill'))
   s = config.sampling
-  setting = 'greedy' if config.method == 'autoregressive' else setting_name(config, s.steps, s.td)
+  steps_td = (s.steps, s.td) if config.method == 'bit_diffusion' else ()
+  setting = 'greedy' if config.method == 'autoregressive' else setting_name(config, *steps_td)
   name = os.path.splitext(os.path.basename(path))[0]
   stem = os.path.join(workdir, 'infill', f'{name}_{model.step}_{setting}')
   if jax.process_index() == 0:
