@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   for section in ('bits', 'diffusion'):
     del config[section]
   del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition'):
+  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method'):
     del config.sampling[field]
   del config.eval.sweep_steps
   del config.eval.sweep_td
