@@ -36,4 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Positions hidden and classified per network call, in training and sampling: 1 is the
   # paper's dynamics; k > 1 draws k consecutive positions independently (k times faster).
   config.ggm.positions_per_call = 1
+  # The training time of configs/text.py's 2,300 steps: a GGM step (one network pass, no
+  # self-conditioning pass) is about 1.7 times faster (3.6 against 2.1 steps/s, 2 AVX2 cores).
+  config.training.num_steps = 3800
   return config

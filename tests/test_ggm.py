@@ -220,8 +220,9 @@ def test_heat_bath_sampler_with_the_oracle_samples_the_joint(num_sweeps):
 
 def test_sampler_with_a_wrong_classifier_or_order_does_not_sample_the_joint(monkeypatch):
   """The exactness test can fail: dropping the Pi_t factor (q is not uniform), or re-drawing
-  the position after i_t (round robin off by one), moves the samples far from the joint."""
-  process, p0, n = make_process(), joint(), 100_000
+  the position after i_t (round robin off by one), moves the samples far from the joint
+  (seen: TV 0.25 and 0.45; 20,000 samples have a Monte-Carlo floor near 0.02)."""
+  process, p0, n = make_process(), joint(), 20_000
   oracle = oracle_logits_fn(process, p0)
   no_pi = lambda x, t: oracle(x, t) - jnp.log(jnp.asarray(NOISE))
   samples = jax.jit(lambda rng: ggm.sample(no_pi, process, rng, n))(jax.random.key(4))
