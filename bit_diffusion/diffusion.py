@@ -6,9 +6,9 @@ The math here knows no network. It calls a `denoise_fn`:
 
 with x_t and self_cond float [B, ..., D] (D analog channels), gamma float [B] ([B, L] for
 sequences with `position_noise_rate`), cond the conditioning with a leading batch axis (class
-labels int32 [B], caption images) or None. The
-raw output is an x0, eps or v prediction, bit logits ('logistic' loss) or per-value logits
-('softmax' output); `Diffusion.x0_from_output` turns any of them into an x0 estimate.
+labels int32 [B], caption images) or None. The raw output is an x0, eps or v prediction, bit
+logits ('logistic' loss) or per-value logits ('softmax' output); `Diffusion.x0_from_output`
+turns any of them into an x0 estimate.
 """
 
 import dataclasses

@@ -115,6 +115,14 @@ def make_autoregressive(config: ml_collections.ConfigDict,
   data and sizes, causal, token cross-entropy; the diffusion-only fields removed; tokens decoded
   at `temperature` (0: greedy)."""
   config.method = 'autoregressive'
+  remove_bit_diffusion_fields(config)
+  config.sampling.temperature = temperature  # 0: greedy; T > 0: tokens from softmax(z / T).
+  return config
+
+
+def remove_bit_diffusion_fields(config: ml_collections.ConfigDict) -> None:
+  """Removes from a sequence task's Bit Diffusion config the fields only Bit Diffusion reads
+  (analog bits, the diffusion, its sampler and sweep), for another method on the same data."""
   for section in ('bits', 'diffusion'):
     del config[section]
   del config.data.num_bits
@@ -124,5 +132,3 @@ def make_autoregressive(config: ml_collections.ConfigDict,
   del config.eval.sweep_steps
   del config.eval.sweep_td
   del config.cpu.sampler_microbatch_size
-  config.sampling.temperature = temperature  # 0: greedy; T > 0: tokens from softmax(z / T).
-  return config

@@ -11,20 +11,14 @@ Not yet measured: no run of this config has been timed or scored.
 
 import ml_collections
 
+from configs import common
 from configs import text
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = text.get_config()
   config.method = 'ggm'
-  for section in ('bits', 'diffusion'):
-    del config[section]
-  del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method'):
-    del config.sampling[field]
-  del config.eval.sweep_steps
-  del config.eval.sweep_td
-  del config.cpu.sampler_microbatch_size
+  common.remove_bit_diffusion_fields(config)
 
   config.ggm = ml_collections.ConfigDict()
   # Sweeps of the forward process over the window: T = num_sweeps * sequence_length steps, one

@@ -92,7 +92,8 @@ def oracle_logits_fn(process, p0: np.ndarray):
 
 
 def empirical(samples: np.ndarray) -> np.ndarray:
-  counts = np.zeros((V,) * L)
+  """The empirical law [V] * k of samples int [n, k]."""
+  counts = np.zeros((V,) * samples.shape[1])
   np.add.at(counts, tuple(samples.T), 1)
   return counts / len(samples)
 
@@ -102,9 +103,18 @@ def tv(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def monte_carlo_tv(p: np.ndarray, n: int, seed: int = 0) -> float:
-  """TV between p and the empirical law of n exact samples of it (the noise floor)."""
-  rng = np.random.default_rng(seed)
-  return tv(empirical(STATES[rng.choice(len(STATES), n, p=p.reshape(-1))]), p)
+  """TV between p ([V] * k) and the empirical law of n exact samples of it (the noise floor)."""
+  draws = np.random.default_rng(seed).choice(p.size, n, p=p.reshape(-1))
+  return tv(empirical(np.stack(np.unravel_index(draws, p.shape), axis=1)), p)
+
+
+def oracle_infill(process, p0: np.ndarray, known_row, mask_row, n: int) -> np.ndarray:
+  """int [n, L]: n fills by the oracle's sampler of one row with known tokens (mask True)."""
+  known = jnp.asarray(np.tile(known_row, (n, 1)), jnp.int32)
+  mask = jnp.asarray(np.tile(mask_row, (n, 1)))
+  oracle = oracle_logits_fn(process, p0)
+  return np.asarray(jax.jit(lambda rng: ggm.sample(
+      oracle, process, rng, n, known=known, known_mask=mask))(jax.random.key(6)))
 
 
 def test_schedule_reaches_noise_and_closed_form_matches_the_steps():
@@ -257,19 +267,11 @@ def test_infilling_of_a_prefix_with_one_sweep_is_exact():
   """With one sweep the reverse process is right-to-left: position t is drawn from
   P(x_t | x_{>t}), so known tokens at the end give the exact conditional of the others."""
   process, p0, n = make_process(num_sweeps=1), joint(), 100_000
-  known = jnp.asarray(np.tile([0, 0, 0, 1, 2], (n, 1)), jnp.int32)
-  mask = jnp.asarray(np.tile([False, False, False, True, True], (n, 1)))
-  oracle = oracle_logits_fn(process, p0)
-  filled = np.asarray(jax.jit(lambda rng: ggm.sample(
-      oracle, process, rng, n, known=known, known_mask=mask))(jax.random.key(6)))
+  filled = oracle_infill(process, p0, [0, 0, 0, 1, 2], [False, False, False, True, True], n)
   assert np.all(filled[:, 3] == 1) and np.all(filled[:, 4] == 2)
   conditional = p0[:, :, :, 1, 2] / p0[:, :, :, 1, 2].sum()
-  counts = np.zeros((V,) * 3)
-  np.add.at(counts, (filled[:, 0], filled[:, 1], filled[:, 2]), 1)
-  rng = np.random.default_rng(0)  # The Monte-Carlo floor of n exact draws.
-  exact = rng.choice(V**3, n, p=conditional.reshape(-1))
-  floor = tv(np.bincount(exact, minlength=V**3).reshape(conditional.shape) / n, conditional)
-  distance = tv(counts / n, conditional)
+  floor = monte_carlo_tv(conditional, n)
+  distance = tv(empirical(filled[:, :3]), conditional)
   print(f'infill, known suffix, one sweep: TV {distance:.4f} (Monte-Carlo floor {floor:.4f})')
   assert distance < 1.5 * floor + 0.003
 
@@ -278,16 +280,10 @@ def test_infilling_holds_the_known_tokens_and_uses_them():
   """Elsewhere holding the known tokens fixed is the paper's heuristic, not the exact
   conditional (measured here); it is closer to the conditional than the unconditional law."""
   process, p0, n = make_process(num_sweeps=3), joint(), 50_000
-  known = jnp.asarray(np.tile([0, 1, 0, 0, 0], (n, 1)), jnp.int32)
-  mask = jnp.asarray(np.tile([False, True, False, False, True], (n, 1)))
-  oracle = oracle_logits_fn(process, p0)
-  filled = np.asarray(jax.jit(lambda rng: ggm.sample(
-      oracle, process, rng, n, known=known, known_mask=mask))(jax.random.key(6)))
+  filled = oracle_infill(process, p0, [0, 1, 0, 0, 0], [False, True, False, False, True], n)
   assert np.all(filled[:, 1] == 1) and np.all(filled[:, 4] == 0)
   conditional = p0[:, 1, :, :, 0] / p0[:, 1, :, :, 0].sum()
-  counts = np.zeros((V,) * 3)
-  np.add.at(counts, (filled[:, 0], filled[:, 2], filled[:, 3]), 1)
-  distance = tv(counts / n, conditional)
+  distance = tv(empirical(filled[:, [0, 2, 3]]), conditional)
   unconditional = tv(p0.sum(axis=(1, 4)), conditional)
   print(f'infill TV to the true conditional: {distance:.4f} (unconditional: {unconditional:.4f})')
   assert distance < unconditional - 0.1

@@ -35,6 +35,7 @@ import json
 import os
 import time
 from typing import Any
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -65,14 +66,18 @@ def sample_windows(model: generation.LoadedModel, num: int, rng: jax.Array,
                              np.zeros((num,), np.int32), batch_size)
 
 
-def setting_name(config, steps: int = 0, td: float = 0.0) -> str:
-  """'ddim100_td1' for Bit Diffusion, 'temperature1' for the autoregressive baseline, 'ggm_k1'
-  for the Glauber Generative Model (k: positions re-drawn per network call)."""
+def setting_name(config, steps: Optional[int] = None, td: Optional[float] = None) -> str:
+  """'ddim100_td1' for Bit Diffusion (steps and td default to config.sampling's),
+  'temperature1' for the autoregressive baseline, 'ggm_k1' for the Glauber Generative Model (k:
+  positions re-drawn per network call)."""
   if config.method == 'autoregressive':
     return f'temperature{config.sampling.temperature:g}'
   if config.method == 'ggm':
     return f'ggm_k{config.ggm.positions_per_call}'
-  return f'{config.sampling.sampler}{steps}_td{td:g}'
+  s = config.sampling
+  steps = s.steps if steps is None else steps
+  td = s.td if td is None else td
+  return f'{s.sampler}{steps}_td{td:g}'
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
@@ -83,8 +88,7 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   s = config.sampling
   model = generation.load(config, workdir, s.use_ema)
   tokens = sample_windows(model, s.num_samples, engine.seed_key(config.seed, 'sample'))
-  steps_td = (s.steps, s.td) if config.method == 'bit_diffusion' else ()
-  stem = os.path.join(workdir, 'text', f'samples_{model.step}_{setting_name(config, *steps_td)}'
+  stem = os.path.join(workdir, 'text', f'samples_{model.step}_{setting_name(config)}'
                       f'_n{len(tokens)}_seed{config.seed}')
   if jax.process_index() == 0:
     stem = outputs.reserve(stem, ('.txt', '.npy'))
@@ -264,9 +268,7 @@ def infill_from_file(config, workdir: str, path: str) -> str:
   model = generation.load(config, workdir, config.sampling.use_ema)
   tokens, mask = infill_lib.read_known(path, model.task.vocabulary, model.task.example_shape[0])
   filled = infill_lib.fill(model, tokens, mask, engine.seed_key(config.seed, 'infill'))
-  s = config.sampling
-  steps_td = (s.steps, s.td) if config.method == 'bit_diffusion' else ()
-  setting = 'greedy' if config.method == 'autoregressive' else setting_name(config, *steps_td)
+  setting = 'greedy' if config.method == 'autoregressive' else setting_name(config)
   name = os.path.splitext(os.path.basename(path))[0]
   stem = os.path.join(workdir, 'infill', f'{name}_{model.step}_{setting}')
   if jax.process_index() == 0:
