@@ -25,7 +25,7 @@ from bit_diffusion import schedules
 
 DenoiseFn = Callable[..., jnp.ndarray]
 PREDICTIONS = ('x0', 'eps', 'v')
-LOSSES = ('l2', 'logistic')
+LOSSES = ('l2', 'logistic', 'cross_entropy')
 OUTPUTS = ('bits', 'softmax')
 
 
@@ -63,7 +63,9 @@ class Diffusion:
     codec: how integers become analog bits (and `expected_bits` for the softmax output).
     gamma_fn: the noise schedule gamma(t).
     prediction: what the network predicts: 'x0', 'eps' or 'v'.
-    loss: 'l2' on the prediction, or 'logistic' (sigmoid cross-entropy per bit; x0 only).
+    loss: 'l2' on the prediction, 'logistic' (sigmoid cross-entropy per bit; x0 only) or
+      'cross_entropy' (softmax cross-entropy of the value under the softmax output's logits;
+      the paper's loss for one-hot outputs, and CDCD's (Dieleman et al. 2022) for text).
     output: 'bits', or 'softmax' (the factorised output of the paper's uint8 (rand) model).
     self_condition_rate: fraction of each batch shard trained with self-conditioning.
     label_dropout: probability that a label is replaced by the null label during training.
@@ -96,6 +98,9 @@ class Diffusion:
     if self.loss == 'logistic' and self.codec.encoding == 'onehot':
       raise ValueError("loss='logistic' treats every channel as an independent bit; use 'l2' "
                        "with encoding='onehot'.")
+    if self.loss == 'cross_entropy' and self.output != 'softmax':
+      raise ValueError("loss='cross_entropy' scores the value under per-value logits: it needs "
+                       "output='softmax'.")
     if self.output == 'softmax' and self.prediction != 'x0':
       raise ValueError("output='softmax' gives an x0 estimate; it needs prediction='x0'.")
     if not 0 <= self.self_condition_rate <= 1:
@@ -211,6 +216,10 @@ class Diffusion:
     reduce = lambda a: jnp.mean(a.reshape(batch, -1), axis=-1)
     if self.loss == 'logistic':
       loss = reduce(optax.sigmoid_binary_cross_entropy(output, (bits > 0).astype(jnp.float32)))
+    elif self.loss == 'cross_entropy':  # Per value: -log softmax(logits)[value].
+      values = self.codec.decode(bits)  # [B, ..., C]
+      logits = output.reshape(*values.shape, self.codec.num_values)
+      loss = reduce(optax.softmax_cross_entropy_with_integer_labels(logits, values))
     else:
       if self.prediction == 'eps':
         target = noise

@@ -88,7 +88,9 @@ def diffusion_config() -> ml_collections.ConfigDict:
   diffusion.schedule_end = 1.0
   diffusion.schedule_tau = 1.0
   diffusion.prediction = 'x0'  # What the network predicts: 'x0' | 'eps' | 'v'.
-  diffusion.loss = 'l2'  # 'l2' | 'logistic' (sigmoid cross-entropy per bit, x0 only).
+  # 'l2' | 'logistic' (sigmoid cross-entropy per bit, x0 only) | 'cross_entropy' (of the value
+  # under the softmax output's logits; needs output='softmax').
+  diffusion.loss = 'l2'
   diffusion.self_condition_rate = 0.5  # Fraction of each batch trained self-conditioned.
   return diffusion
 

@@ -37,8 +37,8 @@ def _leading(diff, bits, x_t):
 
 @pytest.mark.parametrize('kwargs', [
     dict(prediction='x0'), dict(prediction='eps'), dict(prediction='v'),
-    dict(loss='logistic'), dict(output='softmax'), dict(self_condition_rate=1.0),
-    dict(self_condition_rate=0.0)])
+    dict(loss='logistic'), dict(output='softmax'), dict(output='softmax', loss='cross_entropy'),
+    dict(self_condition_rate=1.0), dict(self_condition_rate=0.0)])
 def test_oracle_has_zero_loss_and_exact_x0(kwargs):
   diff = diffusion.Diffusion(codec=CODEC, **kwargs)
   terms = jax.jit(lambda rng: diff.loss_terms(_oracle(diff, BITS), BITS, None, rng))(
@@ -47,6 +47,24 @@ def test_oracle_has_zero_loss_and_exact_x0(kwargs):
   np.testing.assert_allclose(terms.loss, 0.0, atol=1e-4)
   np.testing.assert_allclose(terms.bit_error, 0.0)
   np.testing.assert_allclose(terms.x0_mse, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize('encoding', ['binary', 'permuted'])
+def test_cross_entropy_scores_the_value_under_the_logits(encoding):
+  """Logits that put log-odds c on value v and 0 elsewhere give -log(e^c / (e^c + 7)) when v
+  is the true value, -log(1 / (e^c + 7)) otherwise (8 values), whatever the bit encoding."""
+  codec = analog_bits.BitCodec(3, encoding, scale=1.0)
+  values = jnp.asarray(np.random.RandomState(1).randint(0, 8, (8, 2, 2, 1)))
+  bits = codec.encode(values)
+  guessed = jnp.where(jnp.arange(8).reshape(8, 1, 1, 1) % 2 == 0, values, (values + 1) % 8)
+  c = 2.0
+  diff = diffusion.Diffusion(codec=codec, output='softmax', loss='cross_entropy',
+                             self_condition_rate=0.0)
+  denoise_fn = lambda x_t, gamma, sc, labels, rng: (
+      c * jax.nn.one_hot(guessed, 8)).reshape(*guessed.shape[:-1], -1)
+  terms = diff.loss_terms(denoise_fn, bits, None, jax.random.PRNGKey(0))
+  right, wrong = -np.log(np.exp(c) / (np.exp(c) + 7)), -np.log(1 / (np.exp(c) + 7))
+  np.testing.assert_allclose(terms.loss, [right, wrong] * 4, rtol=1e-5)
 
 
 def test_x0_from_every_prediction_inverts_the_forward_process():
@@ -162,6 +180,7 @@ def test_position_noise_off_keeps_one_level_per_example():
     (dict(prediction='score'), 'Unknown prediction'), (dict(loss='l1'), 'Unknown loss'),
     (dict(output='logits'), 'Unknown output'), (dict(loss='logistic', prediction='eps'), 'x0'),
     (dict(output='softmax', prediction='v'), 'x0'), (dict(self_condition_rate=1.5), 'rate'),
+    (dict(loss='cross_entropy'), "output='softmax'"),
     (dict(label_dropout=1.0), 'label_dropout'),
     (dict(position_noise_rate=-0.1), 'position_noise_rate')])
 def test_bad_settings(kwargs, match):
