@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption eval-text bench-peer
+.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption eval-text bench-peer compare
 
 install: $(STAMP)
 
@@ -62,6 +62,13 @@ eval-text: CONFIG = configs/text.py
 eval-text: WORKDIR = runs/text
 eval-text: install
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+
+# Bit Diffusion, GGM and the autoregressive baseline trained for the same wall-clock time on this
+# machine and scored in one table (tools/compare.py): runs/compare_$(TASK)/compare.md.
+TASK ?= text
+MINUTES ?= 30
+compare: install
+	$(PY) tools/compare.py --task=$(TASK) --minutes=$(MINUTES) $(ARGS)
 
 bench: install
 	@$(PY) benchmarks/bench.py
