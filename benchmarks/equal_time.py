@@ -1,19 +1,24 @@
-"""Training steps of equal wall time for two configs: train steps and previews timed in turns.
+"""Training steps of equal wall time for configs: train steps and previews timed in turns.
 
   .venv/bin/python benchmarks/equal_time.py configs/digits.py configs/digits_ggm.py
+  .venv/bin/python benchmarks/equal_time.py configs/digits.py \
+      configs/digits_ggm.py:model.width=64,model.mlp_dim=256
 
 On a shared CPU the load changes by the minute, so two runs timed one after the other compare
-the load as much as the configs. Here both engines are built in one process (the configs' own
-train step, batches from their own data iterator) and timed in alternating rounds of
-`--steps-per-round` steps; each config's steps/s is its median over the rounds, and the process
-CPU seconds per step are reported beside it (less sensitive to other jobs). The preview of each
-config (`training.num_grid_samples` samples with the EMA weights, the sampler `main.py` runs
-every `training.sample_every` steps and at the end) is timed `--preview-repeats` times, in turns.
+the load as much as the configs. Here all engines are built in one process (the configs' own
+train step, batches from their own data iterator; `PATH:field=value,...` overrides fields) and
+timed in rounds of
+`--steps-per-round` steps, in turns (the order reversed every other round); each config's
+steps/s is its median over the rounds, and the process CPU seconds per step are reported beside
+it (less sensitive to other jobs). The preview of each config (`training.num_grid_samples`
+samples with the EMA weights, the sampler `main.py` runs every `training.sample_every` steps
+and at the end) is timed `--preview-repeats` times, in turns.
 
-Prints one JSON object: per config its steps/s, CPU seconds per step, preview seconds, and the
-training wall time of its own num_steps (steps / rate + previews); and the second config's
-num_steps whose steps alone take the first config's step time ('equal_step_time_num_steps'),
-and whose steps plus previews take the first config's whole training ('equal_wall_num_steps').
+Prints one JSON object: per config its steps/s, CPU seconds per step, preview seconds, the
+training wall time of its own num_steps (steps / rate + previews), and, for every config after
+the first (the reference), the num_steps whose steps alone take the reference's step time
+('equal_step_time_num_steps') and whose steps plus previews take the reference's whole training
+('equal_wall_num_steps').
 """
 
 import argparse
@@ -34,17 +39,20 @@ cpu.reexec_with_hugepages()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bit_diffusion import config_overrides  # noqa: E402
 from bit_diffusion import engine as engine_lib  # noqa: E402
 from bit_diffusion import generation  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
 
 
-def load_config(path: str):
-  """get_config() of a config file path such as configs/digits.py."""
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def load_config(spec: str):
+  """get_config() of 'configs/x.py' or 'configs/x.py:section.field=value,...' (overridden)."""
+  path, _, overrides = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  pairs = dict(config_overrides.parse(o) for o in overrides.split(',') if o)
+  return config_overrides.apply(module.get_config(), pairs)
 
 
 class Timed:
@@ -84,14 +92,25 @@ class Timed:
     return (num_steps // every if every else 0) + (1 if not every or num_steps % every else 0)
 
 
+def equal_steps(reference: dict, other: dict, timed: Timed) -> tuple[int, int]:
+  """(steps of `other` in the reference's step time, in its whole training wall time)."""
+  step_time = reference['num_steps'] / reference['steps_per_sec']
+  steps = equal_step_time = round(step_time * other['steps_per_sec'])
+  while steps > 0 and (steps / other['steps_per_sec'] + timed.num_previews(steps)
+                       * other['preview_seconds']) > reference['training_seconds']:
+    steps -= max(1, math.ceil(steps / 200))
+  return equal_step_time, steps
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('configs', nargs=2, help='The reference config, then the other.')
+  parser.add_argument('configs', nargs='+',
+                      help='The reference config, then the others (PATH[:field=value,...]).')
   parser.add_argument('--rounds', type=int, default=8)
   parser.add_argument('--steps-per-round', type=int, default=25)
   parser.add_argument('--preview-repeats', type=int, default=2)
   args = parser.parse_args()
-  timed = [Timed(path) for path in args.configs]
+  timed = [Timed(spec) for spec in args.configs]
   for t in timed:  # Compile and warm up.
     t.steps(3)
     t.preview()
@@ -113,17 +132,12 @@ def main():
         'cpu_seconds_per_step': statistics.median(c / n for _, c in rounds[t.path]),
         'preview_seconds': preview, 'num_grid_samples': t.config.training.num_grid_samples,
         'num_steps': num_steps, 'num_previews': t.num_previews(num_steps),
+        'num_params': t.engine.num_params,
         'training_seconds': num_steps / rate + t.num_previews(num_steps) * preview}
-  first, second = (report[t.path] for t in timed)
-  step_time = first['num_steps'] / first['steps_per_sec']
-  report['equal_step_time_num_steps'] = round(step_time * second['steps_per_sec'])
-  # Steps whose training time (steps and previews, at the second config's sample_every) equals
-  # the first config's training time: the largest such count.
-  steps = report['equal_step_time_num_steps']
-  while steps > 0 and (steps / second['steps_per_sec'] + timed[1].num_previews(steps)
-                       * second['preview_seconds']) > first['training_seconds']:
-    steps -= max(1, math.ceil(steps / 200))
-  report['equal_wall_num_steps'] = steps
+  reference = report[timed[0].path]
+  for t in timed[1:]:
+    (report[t.path]['equal_step_time_num_steps'],
+     report[t.path]['equal_wall_num_steps']) = equal_steps(reference, report[t.path], t)
   report['load_average'] = os.getloadavg()
   report['cpu_count'] = os.cpu_count()
   print(json.dumps(report, indent=2))
