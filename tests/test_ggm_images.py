@@ -1,6 +1,7 @@
 """The Glauber Generative Model on images (digits as tokens): the tiny config trained through the
 engine, sampled, infilled and scored with the digits metrics as Bit Diffusion is; the network on
-images of any shape; and its errors (the math's own: tests/test_ggm.py; text: test_ggm_text)."""
+images of any shape. Its config errors are cases of tests/test_bad_inputs.py; the math's own are
+in tests/test_ggm.py."""
 
 import os
 
@@ -15,7 +16,6 @@ from bit_diffusion import image_infill
 from bit_diffusion import input_pipeline
 from bit_diffusion import methods
 from bit_diffusion import tasks
-from configs import common
 from configs import tiny
 from tests import recording
 
@@ -96,29 +96,10 @@ def test_glauber_network_reads_images_of_any_shape_as_tokens():
     model(tokens, time)
 
 
-def _ggm_on_a_unet_config():
-  config = tiny.tiny_digits()
-  with config.unlocked():
-    config.method = 'ggm'
-    config.ggm = common.ggm_config(num_sweeps=1)
-  methods.create(config).create_network(jax.random.key(0))
-
-
-def test_ggm_image_bad_inputs_get_one_clear_error(tmp_path):
-  with pytest.raises(ValueError, match=r"'ggm' needs the config.ggm section .* configs/digits_"):
-    methods.create(tiny.tiny_digits(method='ggm'))
-  with pytest.raises(ValueError, match=r"'ggm' on images needs a Transformer .* lacks width, "
-                                       'depth, mlp_dim, num_heads, positions'):
-    _ggm_on_a_unet_config()
-  with pytest.raises(ValueError, match=r'display_max=40 .* outside \[0, 2\*\*num_bits\)'):
-    tasks.create(tiny.tiny_digits_ggm(**{'data.display_max': 40}))
-  # Data above the vocabulary (0..display_max) is refused when it is read.
-  path = str(tmp_path / 'data.npz')
-  np.savez(path, images=np.full((4, 8, 8), 20, np.uint8), labels=np.zeros(4, np.int32))
-  with pytest.raises(ValueError, match='values up to 20, above data.display_max=16'):
-    input_pipeline.create_source(tiny.tiny_digits_ggm(**{
-        'data.name': 'npz', 'data.path': path}).data)
-  # So are known values of an infill file.
+def test_infill_file_values_outside_the_vocabulary_are_refused(tmp_path):
+  """Known values above data.display_max (16: GGM's 17 levels) are refused as the training data
+  is (the other GGM errors on images: tests/test_bad_inputs.py)."""
+  path = str(tmp_path / 'known.npz')
   np.savez(path, images=np.full((2, 8, 8), 17), mask=np.ones((2, 8, 8), bool),
            labels=np.zeros(2, np.int32))
   with pytest.raises(ValueError, match=r"outside the model's \[0, 16\]"):
