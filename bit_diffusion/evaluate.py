@@ -1,8 +1,10 @@
 """The image task's `sample` and `eval` modes: generate from, and score, the latest checkpoint.
 
-`--mode=eval` reports the diffusion loss with fixed noise (`eval.num_batches`) and the sample
-metrics of `eval.num_samples` generated images (`sample_metrics`): FID, Inception Score and
-k-NN precision/recall, in the feature space of `eval.feature_net` (see `metrics/features.py`).
+`--mode=eval` reports the method's training loss with fixed noise (`eval.num_batches`) and the
+sample metrics of `eval.num_samples` generated images (`sample_metrics`): FID, Inception Score
+and k-NN precision/recall, in the feature space of `eval.feature_net` (see
+`metrics/features.py`). The same for every method: Bit Diffusion and the Glauber Generative
+Model are scored alike.
 """
 
 import json
@@ -27,25 +29,36 @@ from bit_diffusion.metrics import fid
 from bit_diffusion.tasks import images as images_lib
 
 
+def sampling_settings(config) -> dict[str, Any]:
+  """The sampler settings of the config's method, as recorded beside the sample metrics: Bit
+  Diffusion's sampler, steps, td and guidance, or GGM's positions_per_call; and use_ema."""
+  s = config.sampling
+  if config.method == 'ggm':
+    return dict(positions_per_call=config.ggm.positions_per_call, use_ema=s.use_ema)
+  return dict(sampler=s.sampler, steps=s.steps, td=s.td, guidance=s.guidance, use_ema=s.use_ema)
+
+
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Samples `config.sampling.num_samples` images from the latest checkpoint.
 
-  Writes WORKDIR/samples/samples_<step>_<sampler><steps>_td<td>[_w<guidance>]_n<N>_seed<S>.npz
-  with keys `images` (int32 [N, H, W, C], values in [0, 2**num_bits)) and `labels` (int32 [N]),
-  and a PNG grid beside it. An existing file is never overwritten: the same settings sampled
-  again go to ..._2.npz, ..._3.npz (`outputs.reserve`). Returns the .npz path.
+  Writes WORKDIR/samples/samples_<step>_<setting>[_w<guidance>]_n<N>_seed<S>.npz (setting:
+  `generation.setting_name`, e.g. ddim100_td0 or ggm_k1) with keys `images` (int32 [N, H, W,
+  C], values in [0, 2**num_bits)) and `labels` (int32 [N]), and a PNG grid beside it. An
+  existing file is never overwritten: the same settings sampled again go to ..._2.npz, ...
+  (`outputs.reserve`). Returns the .npz path.
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   s = config.sampling
   model = generation.load(config, workdir, s.use_ema)
   labels = model.task.sampling_conditions(s.num_samples, s.labels)
-  logging.info('Sampling %d images from step %d: %s, %d steps, td=%s, guidance=%s.',
-               s.num_samples, model.step, s.sampler, s.steps, s.td, s.guidance)
+  logging.info('Sampling %d images from step %d: %s.', s.num_samples, model.step,
+               sampling_settings(config))
   images = generation.generate(model.make_sample_fn(), model.params,
                                engine.seed_key(config.seed, 'sample'), labels,
                                model.batch_size(s.batch_size))
-  name = f'samples_{model.step}_{s.sampler}{s.steps}_td{s.td:g}' + (
-      f'_w{s.guidance:g}' if s.guidance else '') + f'_n{s.num_samples}_seed{config.seed}'
+  guidance = s.get('guidance', 0.0)
+  name = (f'samples_{model.step}_{generation.setting_name(config)}'
+          + (f'_w{guidance:g}' if guidance else '') + f'_n{s.num_samples}_seed{config.seed}')
   path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:
     path = outputs.reserve(path, ('.npz', '.png'))
@@ -72,11 +85,11 @@ def sample_metrics(config, model: generation.LoadedModel,
   The feature network and the reference statistics are prepared first, so missing weights fail
   before any sampling. Images are generated in batches of `sampling.batch_size` sharded over
   the model's mesh and turned into features at once (only features are kept), with progress
-  and ETA in the log. `sampling_overrides` (sampler, steps, td, guidance, ...) change
-  `config.sampling` for this call; `net` is the feature net (made from `config.eval` when
-  None). Returns {'fid', 'is', 'is_std', 'precision', 'recall',
-  'num_samples', 'seconds', ...} and, for `eval.reference='half'`, the real-against-real floor
-  as 'fid_floor', 'is_floor', ... with 'floor_count' real images.
+  and ETA in the log. `sampling_overrides` (Bit Diffusion's sampler, steps, td, guidance, ...;
+  GGM's positions_per_call) change the method's sampling settings for this call; `net` is the
+  feature net (made from `config.eval` when None). Returns {'fid', 'is', 'is_std',
+  'precision', 'recall', 'num_samples', 'seconds', ...} and, for `eval.reference='half'`, the
+  real-against-real floor as 'fid_floor', 'is_floor', ... with 'floor_count' real images.
   """
   ev = config.eval
   num_samples = num_samples or ev.num_samples
@@ -85,9 +98,7 @@ def sample_metrics(config, model: generation.LoadedModel,
   max_value = images_lib.display_max(config.data)
   reference = features_lib.reference_statistics(config, extractor, max_value)
   sample_fn = model.make_sample_fn(**sampling_overrides)
-  settings = dict(sampler=config.sampling.sampler, steps=config.sampling.steps,
-                  td=config.sampling.td, guidance=config.sampling.guidance,
-                  use_ema=config.sampling.use_ema)
+  settings = sampling_settings(config)
   settings.update({k: v for k, v in sampling_overrides.items() if k in settings})
   labels = model.task.sampling_conditions(num_samples)
   batch_size = model.batch_size(config.sampling.batch_size)
@@ -129,11 +140,12 @@ def format_sample_metrics(results: dict[str, Any]) -> str:
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
-  """Scores the latest checkpoint (EMA weights unless sampling.use_ema=False): diffusion loss
+  """Scores the latest checkpoint (EMA weights unless sampling.use_ema=False): training loss
   and sample metrics.
 
-  The loss, x0 error and bit error are averaged over `config.eval.num_batches` batches with fixed
-  noise, so numbers are comparable across checkpoints (0 batches skips them). With
+  The method's training metrics (Bit Diffusion: loss, x0 error, bit error; GGM: loss, accuracy)
+  are averaged over `config.eval.num_batches` batches with fixed noise, so numbers are
+  comparable across checkpoints (0 batches skips them). With
   `eval.num_samples` > 0, FID, IS and precision/recall of that many samples follow
   (`sample_metrics`). Writes the scalars to TensorBoard (eval/...) and everything to
   WORKDIR/eval/metrics_<step>.json (metrics_<step>_2.json, ... when it exists); prints the
@@ -146,7 +158,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   step = model.step
   results = {}
   if config.eval.num_batches:
-    results.update(_diffusion_loss(config, model))
+    results.update(_training_loss(config, model))
   if config.eval.get('infill_images', 0):
     agreement = image_infill.digits_agreement(config, model, config.eval.infill_images)
     results.update({f'eval/infill_agreement/{k}': v for k, v in agreement.items()})
@@ -168,7 +180,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   return results
 
 
-def _diffusion_loss(config, model: generation.LoadedModel) -> dict[str, float]:
+def _training_loss(config, model: generation.LoadedModel) -> dict[str, float]:
   """eval/<metric> of the method's training loss over `eval.num_batches` fixed-noise batches."""
   batch_size = config.eval.batch_size or config.training.batch_size
   method, mesh = model.method, model.mesh

@@ -10,6 +10,7 @@ sample function over any number of conditions in padded batches.
 import dataclasses
 from typing import Any
 from typing import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -107,3 +108,18 @@ def generate(sample_fn: Callable[..., jax.Array], params: Any, rng: jax.Array,
       samples = multihost_utils.process_allgather(samples, tiled=True)
     outputs.append(np.asarray(jax.device_get(samples))[:min(batch_size, num - start)])
   return np.concatenate(outputs, axis=0)
+
+
+def setting_name(config, steps: Optional[int] = None, td: Optional[float] = None) -> str:
+  """How samples are drawn, for output names and score rows: 'ddim100_td1' for Bit Diffusion
+  (steps and td default to config.sampling's; guidance not included), 'temperature1' for the
+  autoregressive baseline, 'ggm_k1' for the Glauber Generative Model (k: positions re-drawn per
+  network call)."""
+  if config.method == 'autoregressive':
+    return f'temperature{config.sampling.temperature:g}'
+  if config.method == 'ggm':
+    return f'ggm_k{config.ggm.positions_per_call}'
+  s = config.sampling
+  steps = s.steps if steps is None else steps
+  td = s.td if td is None else td
+  return f'{s.sampler}{steps}_td{td:g}'

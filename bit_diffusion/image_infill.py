@@ -1,10 +1,12 @@
 """Infilling images: known pixels kept, the others filled in by a trained model (inpainting).
 
 Bit Diffusion fills by replacement (`samplers.sample`: the known analog bits re-noised to every
-step's level). `--mode=infill --infill_file=FILE` reads FILE.npz with 'images' int [N, H, W, C]
-(or [N, H, W] for one channel), 'mask' bool of the same shape or [N, H, W] (True: known), and
-'labels' int [N] (class-conditional models only), and writes the filled images as
-`--mode=sample` writes samples (.npz and a .png grid).
+step's level); the Glauber Generative Model holds the known values clean at every step and
+re-draws only the others (`ggm.sample`, the paper's zero-shot infilling).
+`--mode=infill --infill_file=FILE` reads FILE.npz with 'images' int [N, H, W, C] (or [N, H, W]
+for one channel), 'mask' bool of the same shape or [N, H, W] (True: known), and 'labels' int
+[N] (class-conditional models only), and writes the filled images as `--mode=sample` writes
+samples (.npz and a .png grid).
 
 `digits_agreement` scores it on the embedded digits: the lower half of each digit is removed
 and filled, and the digits classifier (`metrics/digits_classifier.py`) reads the result; the
@@ -52,9 +54,10 @@ def read_known(path: str, task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   if mask is None:
     raise ValueError(f"{path}: 'mask' must be [N, H, W] or [N, H, W, C] like the images.")
   known = images[mask]
-  if known.size and (known.min() < 0 or known.max() >= 2**task.num_bits):
+  if known.size and (known.min() < 0 or known.max() >= task.vocab_size):
     raise ValueError(f'{path}: known values lie in [{known.min()}, {known.max()}], outside the '
-                     f"model's [0, {2**task.num_bits - 1}] ({task.num_bits} bits).")
+                     f"model's [0, {task.vocab_size - 1}] (data.display_max, or 2**num_bits - 1 "
+                     f'with {task.num_bits} bits).')
   if task.num_classes and labels is None:
     raise ValueError(f"{path}: a class-conditional model needs 'labels' int [N].")
   if labels is None:
@@ -73,14 +76,15 @@ def fill(model: generation.LoadedModel, images: np.ndarray, mask: np.ndarray,
 
 def infill_from_file(config, workdir: str, path: str) -> str:
   """Fills an infill file with the latest checkpoint; writes WORKDIR/infill/<file name>_<step>_
-  <sampler><steps>_td<td>.npz ('images', 'labels') and .png; returns the .npz path."""
+  <setting>.npz ('images', 'labels') and .png (setting: `generation.setting_name`, e.g.
+  ddim100_td0 or ggm_k1); returns the .npz path."""
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
   images, mask, labels = read_known(path, model.task)
   filled = fill(model, images, mask, labels, engine.seed_key(config.seed, 'infill'))
-  s = config.sampling
   name = os.path.splitext(os.path.basename(path))[0]
-  stem = os.path.join(workdir, 'infill', f'{name}_{model.step}_{s.sampler}{s.steps}_td{s.td:g}')
+  stem = os.path.join(workdir, 'infill',
+                      f'{name}_{model.step}_{generation.setting_name(config)}')
   if jax.process_index() == 0:
     stem = outputs.reserve(stem, ('.npz', '.png'))
     model.task.save_samples(filled, labels, stem)

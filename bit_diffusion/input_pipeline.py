@@ -124,6 +124,11 @@ def create_source(data_config) -> tuple[batches.Source, DatasetInfo]:
                      "'folder' or 'npz'.")
   if len(source) == 0:
     raise ValueError(f'Dataset {name!r} has no examples.')
+  top = data_config.get('display_max', 0)
+  if not isinstance(source, ArraySource) and top not in (0, 2**data_config.num_bits - 1):
+    raise ValueError(f'data.display_max={top} declares the largest value of the data, but the '
+                     f'{name!r} images are decoded as they are read (8-bit, up to 255) and '
+                     'cannot be checked against it: set it to 0.')
   if data_config.class_conditional:
     if num_classes == 0:
       raise ValueError(f'data.class_conditional=True but dataset {name!r} has no labels. Set '
@@ -157,6 +162,15 @@ def _array_source(images, labels, data_config, what: str) -> ArraySource:
                      f'[0, 2**num_bits) = [0, {2**num_bits}) ({bad.size} examples out of range). '
                      f'Set --config.data.num_bits={max(1, int(high.max()).bit_length())} or '
                      'rescale the data.')
+  top = data_config.get('display_max', 0)  # 0: 2**num_bits - 1, checked above.
+  bad = np.flatnonzero(high > top) if top else np.array([], np.int64)
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f'{what}: example {i} has values up to {high[i]}, above '
+                     f'data.display_max={top}, the largest value the config declares (white in '
+                     "the grids, 1.0 for the feature nets, the top of GGM's vocabulary; "
+                     f'{bad.size} examples above it). Set --config.data.display_max='
+                     f'{int(high.max())}, or 0 for 2**num_bits - 1.')
   dtype = np.uint8 if num_bits <= 8 else np.uint16 if num_bits <= 16 else np.int32
   if labels is None:
     labels = np.zeros(len(images), np.int32)

@@ -1,7 +1,8 @@
 """Transformer decoders over token positions (Flax NNX), with or without a context to attend to.
 
 The sequence networks of every sequence task: captions (a ViT's image tokens as the context,
-`captioning/model.py`) and text (no context, `tasks/text.py`).
+`captioning/model.py`) and text (no context, `tasks/text.py`); and GGM's classifier on images,
+whose H * W * C values are read as one sequence (`tasks/images.py`).
 
 - `DenoisingTransformer`: Bit Diffusion's denoiser. Non-causal self-attention over the
   positions; it reads the noisy analog bits concatenated with the self-conditioning estimate,
@@ -13,7 +14,8 @@ The sequence networks of every sequence task: captions (a ViT's image tokens as 
   single-position passes instead of L passes over the whole prefix.
 - `GlauberTransformer`: the Glauber Generative Model's classifier (`ggm.py`). Non-causal, token
   embeddings of the vocabulary plus the symbol phi that marks the classified positions, the
-  step as a sinusoidal time embedding, and one logit per vocabulary entry at every position.
+  step as a sinusoidal time embedding (plus a label embedding for class-conditional images),
+  and one logit per vocabulary entry at every position.
 
 Blocks are pre-LayerNorm. With a context, each block cross-attends to it after self-attention.
 Positions enter either as a learned embedding added to the input ('learned', the paper's
@@ -271,18 +273,25 @@ class AutoregressiveTransformer(nnx.Module):
 
 
 class GlauberTransformer(nnx.Module):
-  """GGM's classifier: (tokens_in int [B, L] in [0, vocab] with phi = vocab, time [B] in [0, 1))
-  -> logits [B, L, vocab] of D_t(a, x_{-i}) at each position holding phi; non-causal.
+  """GGM's classifier: (tokens_in int [B, L] in [0, vocab] with phi = vocab, time [B] in [0, 1),
+  labels int [B] or None) -> logits [B, L, vocab] of D_t(a, x_{-i}) at each position holding
+  phi; non-causal.
 
   The time (step t / T) enters as a sinusoidal embedding of 1000 t / T through a 2-layer MLP,
-  added to every token embedding (as `DenoisingTransformer` adds its noise level).
+  added to every token embedding (as `DenoisingTransformer` adds its noise level). With
+  num_classes > 0 a label embedding (num_classes rows, no null label: GGM has no guidance) is
+  added to the time embedding, as the U-Net adds its label embedding to the noise embedding.
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
-               num_heads: int, positions: str = 'learned', rngs: nnx.Rngs):
+               num_heads: int, positions: str = 'learned', num_classes: int = 0,
+               rngs: nnx.Rngs):
     self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + phi.
     self.time_dense_0 = nnx.Linear(width, width, rngs=rngs)
     self.time_dense_1 = nnx.Linear(width, width, rngs=rngs)
+    if num_classes:
+      self.label_embedding = nnx.Embed(num_classes, width, rngs=rngs)
+    self.num_classes = num_classes
     self.decoder = Decoder(max_length=max_length, context_width=0, width=width, depth=depth,
                            mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
                            positions=positions, rngs=rngs)
@@ -291,8 +300,15 @@ class GlauberTransformer(nnx.Module):
     self.phi = vocab_size
     self.width = width
 
-  def __call__(self, tokens_in: jax.Array, time: jax.Array) -> jax.Array:
+  def __call__(self, tokens_in: jax.Array, time: jax.Array,
+               labels: Optional[jax.Array] = None) -> jax.Array:
+    if (labels is None) != (not self.num_classes):
+      raise ValueError(f'This GGM classifier was built with num_classes={self.num_classes}; it '
+                       f'needs {"labels [B]" if self.num_classes else "no labels"}, got '
+                       f'{"none" if labels is None else "labels"}.')
     embedding = unet.sinusoidal_embedding(time * 1000.0, self.width)  # [B, D]
     embedding = self.time_dense_1(jax.nn.silu(self.time_dense_0(embedding)))
+    if self.num_classes:
+      embedding = embedding + self.label_embedding(labels)
     h = self.token_embedding(tokens_in) + embedding[:, None, :]
     return self.logits_out(self.decoder(h, None))

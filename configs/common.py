@@ -15,7 +15,7 @@ def engine_config(*, task: str, method: str) -> ml_collections.ConfigDict:
   config.seed = 0
   config.task = task  # What is generated: 'image' | 'captioning' | 'text'.
   # How: 'bit_diffusion' | 'autoregressive' (sequence baseline) | 'ggm' (Glauber Generative
-  # Model, text).
+  # Model, text and images).
   config.method = method
   config.optimizer = optimizer_config()
   config.training = training_config()
@@ -123,14 +123,33 @@ def make_autoregressive(config: ml_collections.ConfigDict,
 
 
 def remove_bit_diffusion_fields(config: ml_collections.ConfigDict) -> None:
-  """Removes from a sequence task's Bit Diffusion config the fields only Bit Diffusion reads
-  (analog bits, the diffusion, its sampler and sweep), for another method on the same data."""
+  """Removes from a Bit Diffusion config the fields only Bit Diffusion reads (analog bits, the
+  diffusion, its sampler, guidance and sweep), for another method on the same data. Images keep
+  data.num_bits: there it is the data's value range, which the image data checks."""
   for section in ('bits', 'diffusion'):
     del config[section]
-  del config.data.num_bits
-  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method'):
+  if config.task != 'image':  # Sequences: the bits per token id, derived from the vocabulary.
+    del config.data.num_bits
+  for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method',
+                'guidance'):
     if field in config.sampling:
       del config.sampling[field]
-  del config.eval.sweep_steps
-  del config.eval.sweep_td
+  for field in ('sweep_steps', 'sweep_td'):
+    if field in config.eval:
+      del config.eval[field]
   del config.cpu.sampler_microbatch_size
+
+
+def ggm_config(num_sweeps: int) -> ml_collections.ConfigDict:
+  """The Glauber Generative Model's forward process and sampler (bit_diffusion/ggm.py)."""
+  ggm = ml_collections.ConfigDict()
+  # Sweeps of the forward process over the example's L positions: T = num_sweeps * L steps, one
+  # position re-drawn per step in round-robin order; sampling takes T network calls.
+  ggm.num_sweeps = num_sweeps
+  # Survival of a token after sweep k of num_sweeps: 'cosine' cos(pi/2 (k+1)/num_sweeps) or
+  # 'linear' 1 - (k+1)/num_sweeps; the last sweep replaces every token by uniform noise.
+  ggm.schedule = 'cosine'
+  # Positions hidden and classified per network call, in training and sampling: 1 is the
+  # paper's dynamics; k > 1 draws k consecutive positions independently (k times faster).
+  ggm.positions_per_call = 1
+  return ggm

@@ -28,7 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.random_flip = True  # Random horizontal flips (the paper's only augmentation).
   config.data.class_conditional = False  # Feed labels to the model (needs labelled data).
   config.data.num_classes = 10  # Number of labels when class_conditional.
-  config.data.display_max = 0  # Value shown white in sample grids (0: 2**num_bits - 1).
+  # The data's largest value (0: 2**num_bits - 1), checked against the data: shown white in
+  # sample grids, 1.0 for the feature nets, and the top of GGM's vocabulary (0..display_max).
+  config.data.display_max = 0
   config.data.prefetch = 2  # Batches prepared ahead by a background thread.
 
   config.bits = common.bits_config()

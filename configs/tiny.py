@@ -9,6 +9,7 @@ import ml_collections
 from bit_diffusion import config_overrides
 from configs import cifar10
 from configs import digits
+from configs import digits_ggm
 
 # configs/digits.py with a 16-channel U-Net, batch 16 and 4-step sampling.
 TINY_DIGITS = {
@@ -22,6 +23,14 @@ TINY_DIGITS = {
     'sampling.batch_size': 8, 'eval.num_batches': 2, 'data.prefetch': 0,
     'eval.num_samples': 0,  # Sample metrics: tests/test_digits_metrics.py.
     'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
+}
+
+# configs/digits_ggm.py with a 1-layer Transformer of width 32 and one sweep (64 network calls
+# a sample); the rest as TINY_DIGITS.
+TINY_DIGITS_GGM = {
+    **{k: v for k, v in TINY_DIGITS.items() if not k.startswith(('model.', 'sampling.steps'))},
+    'model.width': 32, 'model.depth': 1, 'model.mlp_dim': 64, 'model.num_heads': 2,
+    'ggm.num_sweeps': 1,
 }
 
 # A captioning config with 16x16 images, a 1-layer encoder and decoder of width 32.
@@ -64,6 +73,11 @@ def tiny_digits_flags(**overrides) -> list[str]:
   """The same config as `tiny_digits(**overrides)`, as main.py flags."""
   return ['--config=configs/digits.py'] + config_overrides.as_flags(
       {**TINY_DIGITS, **overrides})
+
+
+def tiny_digits_ggm(**overrides) -> ml_collections.ConfigDict:
+  """configs/digits_ggm.py made tiny (TINY_DIGITS_GGM), then `overrides`."""
+  return config_overrides.apply(digits_ggm.get_config(), {**TINY_DIGITS_GGM, **overrides})
 
 
 def tiny_cifar10(**overrides) -> ml_collections.ConfigDict:

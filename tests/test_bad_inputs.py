@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -32,6 +33,7 @@ from bit_diffusion.captioning import data as caption_data
 from bit_diffusion.text import corpus as text_corpus
 from bit_diffusion.text import data as text_data
 from bit_diffusion.text import infill as text_infill
+from configs import common
 from configs import shapes_captioning
 from configs import text
 from configs import tiny
@@ -100,6 +102,15 @@ def _position_noise_on_images(tmp):
   with config.unlocked():  # The field exists in the text configs only.
     config.diffusion.position_noise_rate = 0.5
   _check(config, 1)
+
+
+def _ggm_on_a_unet_config(tmp):
+  del tmp
+  config = tiny.tiny_digits()
+  with config.unlocked():  # A Bit Diffusion config given GGM's section, not its network.
+    config.method = 'ggm'
+    config.ggm = common.ggm_config(num_sweeps=1)
+  methods.create(config).create_network(jax.random.key(0))
 
 
 def _corrupt_folder(tmp):
@@ -307,6 +318,16 @@ CASES = [
     ('Text infill tokens outside the vocabulary', _infill_tokens, ValueError),
     ('Infill mode without an infill file, on the command line', lambda t: _cli(
         t, '--config=configs/text.py', '--mode=infill'), RuntimeError),
+    ('GGM method on a config without its ggm section',
+     lambda t: methods.create(tiny.tiny_digits(method='ggm')), ValueError),
+    ('GGM on images with a U-Net in config.model', _ggm_on_a_unet_config, ValueError),
+    ('Image values above data.display_max (the top of the GGM vocabulary)',
+     lambda t: _load(_npz(t, images=np.full((4, 8, 8, 1), 20, np.uint8),
+                          labels=np.zeros(4, np.int32))), ValueError),
+    ('data.display_max outside the bit range',
+     lambda t: tasks.create(tiny.tiny_digits(**{'data.display_max': 40})), ValueError),
+    ('Bit Diffusion guidance set on the GGM digits config, on the command line', lambda t: _cli(
+        t, '--config=configs/digits_ggm.py', '--config.sampling.guidance=1.0'), RuntimeError),
 ]
 
 

@@ -62,8 +62,6 @@ def test_ggm_bad_inputs_get_one_clear_error():
   method = methods.create(tiny.tiny_text(text_ggm, **{'ggm.positions_per_call': 3}))
   with pytest.raises(ValueError, match='positions_per_call=3 must be in'):
     method.check(1)
-  with pytest.raises(ValueError, match="GGM on the 'image' task is not built yet"):
-    methods.create(tiny.tiny_digits(method='ggm'))
   captions = tasks.create(shapes_captioning.get_config())
   with pytest.raises(ValueError, match="'ggm' on captions is not built yet"):
     captions.create_network('glauber', rng=jax.random.key(0))

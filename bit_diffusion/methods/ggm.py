@@ -2,11 +2,15 @@
 
 Varma, Nagaraj & Shanmugam (ICLR 2025). The math (forward process, schedule, loss, sampler, the
 reading of the paper) lives in `bit_diffusion/ggm.py`; this module supplies what the engine and
-the generation loop need. For token sequences (text): a task's 'glauber' network follows
-`transformer.GlauberTransformer`: network(tokens_in [B, L] with phi = vocab at the classified
-positions, time [B] = step / T) -> logits [B, L, vocab].
+the generation loop need. An example of any shape is one sequence of L = prod(example_shape)
+tokens over the task's `vocab_size` values (text: [L] token ids; images: [H, W, C] values in
+raster order, channels fastest), and samples are reshaped back. A task's 'glauber' network
+follows `transformer.GlauberTransformer`: network(tokens_in [B, L] with phi = vocab at the
+classified positions, time [B] = step / T, labels [B] or None) -> logits [B, L, vocab]; labels
+are the task's class labels when it has classes (class-conditional images), else None.
 """
 
+import math
 from typing import Any
 from typing import Callable
 from typing import Optional
@@ -23,22 +27,25 @@ from bit_diffusion import ggm as ggm_lib
 
 
 class GlauberGenerativeModel:
-  """GGM on the sequences of `task` (example_shape [L], vocab_size ids).
+  """GGM on the examples of `task` (example_shape, vocab_size values, num_classes labels).
 
   Attributes:
-    process: the forward process (`ggm.GlauberProcess`) of `config.ggm`.
+    process: the forward process (`ggm.GlauberProcess`) of `config.ggm`, on sequences of
+      prod(example_shape) tokens.
     metric_names: 'loss' (the binary cross-entropy, nats per classified position) and
       'accuracy' (share classified right, signal and noise weighed 1/2 each).
   """
   metric_names = ('loss', 'accuracy')
 
   def __init__(self, config, task):
-    if task.channels_last:
-      raise ValueError(f"config.method='ggm' models token sequences; GGM on the {config.task!r} "
-                       "task is not built yet. Use config.method='bit_diffusion'.")
+    if 'ggm' not in config:
+      raise ValueError(f"config.method='ggm' needs the config.ggm section (its process and "
+                       f'sampler), which this {config.task} config lacks: start from a GGM '
+                       'config, configs/text_ggm.py or configs/digits_ggm.py.')
     self.config = config
     self.task = task
-    self.process = ggm_lib.process_from_config(config.ggm, task.example_shape[0],
+    self.example_shape = tuple(task.example_shape)
+    self.process = ggm_lib.process_from_config(config.ggm, math.prod(self.example_shape),
                                                task.vocab_size)
     self.positions_per_call = config.ggm.positions_per_call
 
@@ -56,31 +63,36 @@ class GlauberGenerativeModel:
   def create_network(self, rng: jax.Array) -> nnx.Module:
     return self.task.create_network('glauber', rng=rng)
 
-  def logits_fn(self, graphdef: nnx.GraphDef, params: Any) -> ggm_lib.LogitsFn:
-    """logits_fn(tokens_in, step) of the network with `params`, float32 [B, L, vocab]."""
+  def logits_fn(self, graphdef: nnx.GraphDef, params: Any,
+                labels: Optional[jax.Array] = None) -> ggm_lib.LogitsFn:
+    """logits_fn(tokens_in, step) of the network with `params` (and class labels [B], when the
+    task has classes), float32 [B, L, vocab]."""
     model = nnx.merge(graphdef, params, copy=True)
     num_steps = self.process.num_steps
-    return lambda tokens_in, step: model(tokens_in, step / num_steps).astype(jnp.float32)
+    return lambda tokens_in, step: model(tokens_in, step / num_steps,
+                                         labels).astype(jnp.float32)
 
   def loss(self, graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
            rng: jax.Array, batch_sharding: Optional[NamedSharding] = None
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(mean loss, {'loss', 'accuracy'} each [B]): Algorithm 1 (`ggm.loss_terms`)."""
     del batch_sharding  # The loss keeps the batch's sharding.
-    tokens, _ = self.task.split_batch(batch)  # [B, L]; text has no condition.
-    terms = ggm_lib.loss_terms(self.logits_fn(graphdef, params), self.process, tokens, rng,
-                               self.positions_per_call)
+    data, labels = self.task.split_batch(batch)  # [B, *example_shape]; labels [B] or None.
+    tokens = data.reshape(data.shape[0], -1)  # [B, L]
+    terms = ggm_lib.loss_terms(self.logits_fn(graphdef, params, labels), self.process, tokens,
+                               rng, self.positions_per_call)
     return jnp.mean(terms.loss), {'loss': terms.loss, 'accuracy': terms.accuracy}
 
   def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None, *,
                      infill: bool = False, **overrides) -> Callable[..., jax.Array]:
-    """A jitted fn(params, rng, cond) -> token ids int32 [B, L]: Algorithm 2 (`ggm.sample`).
+    """A jitted fn(params, rng, cond) -> int32 [B, *example_shape]: Algorithm 2 (`ggm.sample`).
 
-    cond only carries the batch size B (zeros [B]). The override `positions_per_call` (default
-    config.ggm.positions_per_call, the value trained with) sets the positions re-drawn per
-    network call; other overrides (a diffusion sampler's steps, td) do not apply and are
-    ignored. infill=True: cond is (cond, known int [B, L], known_mask bool [B, L]); the known
-    tokens are kept and never re-drawn.
+    cond: class labels int [B] for a task with classes, else zeros [B] that only carry the
+    batch size. The override `positions_per_call` (default config.ggm.positions_per_call, the
+    value trained with) sets the positions re-drawn per network call; other overrides (a
+    diffusion sampler's steps, td) do not apply and are ignored. infill=True: cond is (cond,
+    known int [B, *example_shape], known_mask bool [B, *example_shape]); the known values are
+    kept and never re-drawn.
     """
     k = int(overrides.get('positions_per_call', self.positions_per_call))
     ggm_lib.check(self.process, k)
@@ -94,8 +106,12 @@ class GlauberGenerativeModel:
       if infill:
         cond, known, known_mask = cond
       batch = jax.tree.leaves(cond)[0].shape[0]
-      return ggm_lib.sample(self.logits_fn(graphdef, params), self.process, rng, batch,
-                            positions_per_call=k, known=known, known_mask=known_mask)
+      if known is not None:  # [B, *example_shape] -> [B, L].
+        known, known_mask = known.reshape(batch, -1), known_mask.reshape(batch, -1)
+      labels = cond if self.task.num_classes else None
+      tokens = ggm_lib.sample(self.logits_fn(graphdef, params, labels), self.process, rng,
+                              batch, positions_per_call=k, known=known, known_mask=known_mask)
+      return tokens.reshape((batch,) + self.example_shape)
 
     if mesh is None:
       return jax.jit(sample_fn)

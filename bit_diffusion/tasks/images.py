@@ -1,9 +1,15 @@
-"""The image task: images of integers in [0, 2**num_bits), the U-Net, sample grids and files.
+"""The image task: images of integers in [0, 2**num_bits), its networks, sample grids and files.
 
 A task knows its data, its network and its outputs, and nothing of how they are generated: a
 method (bit_diffusion/methods/) asks it for a network of a kind and shape, for batches as
 (integer data, conditioning), and hands it integer samples to write. Scoring samples (FID, IS,
 precision/recall) is `bit_diffusion/evaluate.py`.
+
+Networks: Bit Diffusion's denoiser is the U-Net (`unet.py`, config.model holds its fields);
+the Glauber Generative Model's classifier reads an image [H, W, C] as one sequence of H * W * C
+tokens in raster order (channels fastest) over the data's values 0..data.display_max
+(`transformer.GlauberTransformer`, config.model holds width, depth, mlp_dim, num_heads and
+positions).
 """
 
 import math
@@ -19,9 +25,15 @@ from flax import nnx
 from PIL import Image
 
 from bit_diffusion import input_pipeline
+from bit_diffusion import transformer
 from bit_diffusion import unet
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The config.model fields of each network; the checkpoint signature holds those of the config's.
+UNET_FIELDS = ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
+               'head_dim')
+TRANSFORMER_FIELDS = ('width', 'depth', 'mlp_dim', 'num_heads', 'positions')
+DATA_FIELDS = ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes')
 
 
 def compute_dtype(config) -> Any:
@@ -40,13 +52,12 @@ class ImageTask:
     example_shape: (H, W, C) of one image.
     channels_last: True: the last axis of an example holds several values (C channels).
     num_bits: bits per value; values lie in [0, 2**num_bits).
+    vocab_size: the values the data holds, 0..data.display_max (2**num_bits when display_max
+      is 0; digits: 17): GGM's vocabulary.
     num_classes: labels in [0, num_classes) (0: unconditional); num_classes is the null label.
+    SIGNATURE_FIELDS: the data fields and the config.model fields of the config's network (the
+      U-Net's, or the Transformer's with data.display_max, which sets its vocabulary).
   """
-  SIGNATURE_FIELDS = {
-      'data': ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes'),
-      'model': ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
-                'head_dim'),
-  }
   channels_last = True
 
   def __init__(self, config):
@@ -55,24 +66,49 @@ class ImageTask:
     self.example_shape = (data.image_size, data.image_size, data.channels)
     self.num_bits = data.num_bits
     self.num_classes = data.num_classes if data.class_conditional else 0
+    if data.display_max >= 2**data.num_bits:
+      raise ValueError(f'data.display_max={data.display_max} (the largest value of the data) '
+                       f'lies outside [0, 2**num_bits) = [0, {2**data.num_bits}): set '
+                       'data.display_max below it, or 0 for 2**num_bits - 1.')
+    self.vocab_size = display_max(data) + 1
+    if 'width' in config.model:
+      self.SIGNATURE_FIELDS = {'data': DATA_FIELDS + ('display_max',),
+                               'model': TRANSFORMER_FIELDS}
+    else:
+      self.SIGNATURE_FIELDS = {'data': DATA_FIELDS, 'model': UNET_FIELDS}
 
   def signature(self) -> dict[str, Any]:
     """Checkpoint signature entries beyond SIGNATURE_FIELDS: none."""
     return {}
 
-  def create_network(self, kind: str, *, in_channels: int, out_channels: int,
-                     out_kernel_size: int, rng: jax.Array) -> nnx.Module:
-    """The U-Net of `config.model` for kind 'denoiser' (the only kind images have).
+  def create_network(self, kind: str, *, rng: jax.Array, in_channels: int = 0,
+                     out_channels: int = 0, out_kernel_size: int = 3) -> nnx.Module:
+    """The network of a kind, from `config.model`.
 
-    network(x [B, H, W, in_channels], gamma [B], labels [B] or None) -> [B, H, W, out_channels].
+    'denoiser' (Bit Diffusion): the U-Net, network(x [B, H, W, in_channels], gamma [B], labels
+    [B] or None) -> [B, H, W, out_channels]. 'glauber' (GGM): the Transformer over the H * W * C
+    values, network(tokens_in int [B, H * W * C] with phi = vocab_size, time [B], labels [B] or
+    None) -> logits [B, H * W * C, vocab_size].
     """
+    if kind not in ('denoiser', 'glauber'):
+      raise ValueError(f'The image task has no {kind!r} network (only a denoising U-Net and '
+                       "GGM's classifier); use config.method='bit_diffusion' or 'ggm'.")
+    fields, network = ((UNET_FIELDS, 'U-Net') if kind == 'denoiser' else
+                       (TRANSFORMER_FIELDS, 'Transformer'))
+    missing = [f for f in fields if f not in self.config.model]
+    if missing:
+      example = 'configs/digits.py' if kind == 'denoiser' else 'configs/digits_ggm.py'
+      raise ValueError(
+          f'config.method={self.config.method!r} on images needs a {network} in config.model '
+          f'({", ".join(fields)}); this config.model lacks {", ".join(missing)}. Start from a '
+          f'config of the method, such as {example}.')
+    model, rngs = self.config.model, nnx.Rngs(params=rng)
     if kind == 'glauber':
-      raise ValueError("config.method='ggm' on images is not built yet (it needs images as token "
-                       "sequences, e.g. a VQ tokenizer); use config.method='bit_diffusion'.")
-    if kind != 'denoiser':
-      raise ValueError(f'The image task has no {kind!r} network (only a denoising U-Net); use '
-                       "config.method='bit_diffusion'.")
-    model = self.config.model
+      return transformer.GlauberTransformer(
+          vocab_size=self.vocab_size, max_length=math.prod(self.example_shape),
+          width=model.width, depth=model.depth, mlp_dim=model.mlp_dim,
+          num_heads=model.num_heads, positions=model.positions, num_classes=self.num_classes,
+          rngs=rngs)
     return unet.UNet(
         in_channels=in_channels, out_channels=out_channels, out_kernel_size=out_kernel_size,
         image_size=self.config.data.image_size, base_channels=model.base_channels,
@@ -80,7 +116,7 @@ class ImageTask:
         num_res_blocks=model.num_res_blocks,
         attention_resolutions=tuple(model.attention_resolutions), head_dim=model.head_dim,
         dropout=model.dropout, num_classes=self.num_classes, dtype=compute_dtype(self.config),
-        rngs=nnx.Rngs(params=rng))
+        rngs=rngs)
 
   def initial_params(self, params: Any) -> Any:
     """Randomly initialised parameters, unchanged (no pretrained parts)."""
@@ -164,7 +200,7 @@ def make_grid(images: np.ndarray, max_value: int, min_cell: int = 32) -> np.ndar
 
 
 def display_max(data_config) -> int:
-  """The value shown white: `data.display_max`, or 2**num_bits - 1 when it is 0."""
+  """The data's largest value, shown white: `data.display_max`, or 2**num_bits - 1 when 0."""
   return data_config.display_max or 2**data_config.num_bits - 1
 
 

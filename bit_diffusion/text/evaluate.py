@@ -35,7 +35,6 @@ import json
 import os
 import time
 from typing import Any
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,18 +65,8 @@ def sample_windows(model: generation.LoadedModel, num: int, rng: jax.Array,
                              np.zeros((num,), np.int32), batch_size)
 
 
-def setting_name(config, steps: Optional[int] = None, td: Optional[float] = None) -> str:
-  """'ddim100_td1' for Bit Diffusion (steps and td default to config.sampling's),
-  'temperature1' for the autoregressive baseline, 'ggm_k1' for the Glauber Generative Model (k:
-  positions re-drawn per network call)."""
-  if config.method == 'autoregressive':
-    return f'temperature{config.sampling.temperature:g}'
-  if config.method == 'ggm':
-    return f'ggm_k{config.ggm.positions_per_call}'
-  s = config.sampling
-  steps = s.steps if steps is None else steps
-  td = s.td if td is None else td
-  return f'{s.sampler}{steps}_td{td:g}'
+# 'ddim100_td1', 'temperature1', 'ggm_k1': how the samples were drawn, in names and rows.
+setting_name = generation.setting_name
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
