@@ -4,7 +4,8 @@ Run:   python main.py --config=configs/toy_disco.py --workdir=runs/toy_disco
        python main.py --config=configs/toy_disco.py --workdir=runs/toy_disco --mode=eval
 The same data, denoiser, batch and first-stage steps as configs/toy.py; an encoder (3-layer
 MLP, as the paper's toy) gives the logits of 1 latent with 8 codes from the clean bits, relaxed
-by Gumbel-softmax (temperature 1) in training and dropped to a null embedding 10% of the time.
+by Gumbel-softmax (temperature 1, straight-through as the authors' code) in training and
+dropped to a null embedding 10% of the time.
 The last disco.prior_steps steps freeze encoder and denoiser and fit the latent prior (a small
 autoregressive Transformer; for one latent, a categorical). Sampling draws a code from the
 prior, then runs the ODE conditioned on it.
@@ -27,8 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.disco.codebook_size = 8  # k: codes per latent (the paper's toy: 8).
   config.disco.embedding_dim = 32  # E: width of a code's embedding (the codebook [m, k, E]).
   config.disco.temperature = 1.0  # Gumbel-softmax temperature in training (the paper: 1).
-  # Forward the hard one-hot, backward the relaxed gradient (False: the paper's relaxation).
-  config.disco.straight_through = False
+  # Forward the hard one-hot, backward the relaxed gradient (straight-through), as the
+  # authors' code (disco-diffdock `gumbel_softmax`); False: the relaxed one-hot forward, whose
+  # soft mixtures the denoiser never sees at sampling (measured worse: docs/disco.md).
+  config.disco.straight_through = True
   config.disco.latent_dropout = 0.1  # Share trained with the null embedding (the paper: 0.1).
   # How the prior's codes are read off the encoder: 'argmax' (deterministic) or 'sample' (the
   # authors' Gumbel-softmax at temperature 0.01).

@@ -195,7 +195,7 @@ class BitDiffusion:
       context = model.encode_condition(cond) if self.uses_condition() else None
       # The U-Net's context is its labels: the null label is num_classes.
       result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
-                                settings, num_shards, known=known, infill_method=infill_method,
+                                settings, num_shards, known=known, infill=infill_method,
                                 keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
