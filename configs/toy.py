@@ -6,7 +6,9 @@ Data: 8 Gaussians (sigma 0.2, means on a circle of radius 3; Xu et al. 2024, App
 coordinate written on 256 cells over [-4, 4) (bit_diffusion/points/data.py) and generated as
 2 x 8 analog bits; fresh points every step. Model: a residual MLP of width 128, 3 blocks.
 configs/toy_disco.py is the same network, data and steps with one learned latent of 8 codes.
-Hardware, time and results: see docs/disco.md (measured on 2 CPU cores).
+Hardware and time: 2 shared CPU cores, 80-170 s (11-16 ms a step), eval 80-90 s with 4,000
+points. Result (3 seeds, DPM-Solver++(2M), 50 steps, 4,000 points): W2 0.356 to fresh data,
+whose own floor is 0.291; 10 steps: 0.368. Details and the comparison: docs/disco.md.
 """
 
 import ml_collections

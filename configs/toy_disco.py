@@ -9,7 +9,10 @@ dropped to a null embedding 10% of the time.
 The last disco.prior_steps steps freeze encoder and denoiser and fit the latent prior (a small
 autoregressive Transformer; for one latent, a categorical). Sampling draws a code from the
 prior, then runs the ODE conditioned on it.
-Hardware, time and results: see docs/disco.md (measured on 2 CPU cores).
+Hardware and time: 2 shared CPU cores, 190-220 s (24-27 ms a step), eval 110 s with 4,000
+points. Result (3 seeds, DPM-Solver++(2M), 50 steps): W2 0.392 (floor 0.291; configs/toy.py
+0.356), curvature 10% lower, at 10 steps half the off-mode points; the 8 codes are all used but
+do not follow the modes (mutual information 0.40 of log 8). docs/disco.md has the table.
 """
 
 import ml_collections
