@@ -29,7 +29,8 @@ from ml_collections import config_flags  # noqa: E402
 # The module of each task's sample and eval modes.
 MODES_BY_TASK = {'image': 'bit_diffusion.evaluate',
                  'captioning': 'bit_diffusion.captioning.evaluate',
-                 'text': 'bit_diffusion.text.evaluate'}
+                 'text': 'bit_diffusion.text.evaluate',
+                 'points': 'bit_diffusion.points.evaluate'}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and samples.')

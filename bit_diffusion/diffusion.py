@@ -172,7 +172,9 @@ class Diffusion:
       bits: analog bits x0, float32 [B, ..., D]. With position noise, sequences [B, L, D] and
         denoise_fn takes gamma [B, L].
       cond: the conditioning, with a leading batch axis (class labels int32 [B], caption
-        images [B, S, S, 3]), or None. Labels are dropped to the null label at label_dropout.
+        images [B, S, S, 3]), or None; or a pytree of such arrays (DisCo-Diff: (labels or
+        None, latents float [B, m, E]), learned: gradients flow back through it). Labels, the
+        integer arrays of cond, are dropped to the null label at label_dropout.
       rng: a PRNG key.
 
     Returns:
@@ -185,9 +187,13 @@ class Diffusion:
     noise = jax.random.normal(noise_rng, bits.shape)
     x_t = corrupt(bits, gamma, noise)
 
-    if cond is not None and self.label_dropout > 0:
-      drop = jax.random.bernoulli(label_rng, self.label_dropout, cond.shape)
-      cond = jnp.where(drop, self.num_classes, cond)
+    if cond is not None and self.label_dropout > 0:  # The labels: the integer leaves of cond.
+      def drop_labels(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.integer):
+          return leaf
+        drop = jax.random.bernoulli(label_rng, self.label_dropout, leaf.shape)
+        return jnp.where(drop, self.num_classes, leaf)
+      cond = jax.tree.map(drop_labels, cond)
 
     # Self-conditioning (Sec. 3): a fixed share of the batch (as the authors' code; the paper's
     # pseudo-code flips a coin per batch) gets a stop-gradient x0 estimate from a first pass,
@@ -195,10 +201,10 @@ class Diffusion:
     self_cond = jnp.zeros_like(x_t)
     k, m = self.self_condition_pattern(batch)
     if k > 0 and batch % m == 0:
-      def leading(a):  # [B, ...] -> [B / m * k, ...], the first k of every m examples.
-        if a is None:
-          return None
-        return a.reshape(batch // m, m, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:])
+      def leading(tree):  # [B, ...] -> [B / m * k, ...], the first k of every m examples.
+        return jax.tree.map(
+            lambda a: a.reshape(batch // m, m, *a.shape[1:])[:, :k].reshape(-1, *a.shape[1:]),
+            tree)
       first_x_t, first_gamma = leading(x_t), leading(gamma)
       first_output = denoise_fn(first_x_t, first_gamma, jnp.zeros_like(first_x_t),
                                 leading(cond), sc_rng)

@@ -155,6 +155,9 @@ class Engine:
     self.method = method
     self.mesh = mesh or create_mesh()
     self.optimizer = create_optimizer(config.optimizer, config.training.num_steps)
+    wrap_optimizer = getattr(method, 'wrap_optimizer', None)  # Optional: groups, stages.
+    if wrap_optimizer is not None:
+      self.optimizer = wrap_optimizer(self.optimizer)
     self.metrics_class = metrics_collection(method.metric_names)
     self.graphdef, abstract_params = abstract_network(method)
     self.num_params = sum(x.size for x in jax.tree.leaves(abstract_params))

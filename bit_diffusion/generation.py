@@ -61,8 +61,9 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
 
   Only the weights are read (a partial restore): sampling and scoring need neither the
   optimizer state nor the other train-state fields. A newer checkpoint that cannot be read is
-  reported in one log line and skipped, and left where it is (`checkpointing`).
-  `method` defaults to the config's.
+  reported in one log line and skipped, and left where it is (`checkpointing`). A method with
+  `check_restored(step)` may refuse the checkpoint it gets (DisCo-Diff: one saved before its
+  latent prior was fitted). `method` defaults to the config's.
   """
   method = method or methods.create(config)
   mesh = engine.create_mesh()
@@ -78,6 +79,9 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
         restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state[name]
   params, step = checkpointing.restore_newest_intact(
       manager, read, engine.checkpoint_signature(config, method))
+  check_restored = getattr(method, 'check_restored', None)  # Optional: e.g. an unfitted prior.
+  if check_restored is not None:
+    check_restored(step)
   return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step)
 
 

@@ -1,4 +1,4 @@
-"""Samplers (Algorithm 2): DDIM and DDPM reverse steps driven by `lax.fori_loop`.
+"""Samplers (Algorithm 2): DDIM, DDPM and DPM-Solver++(2M) reverse steps driven by `lax.fori_loop`.
 
 A sampler knows no network. It calls `x0_fn(x_t, gamma, self_cond) -> x0 estimate in [-b, b]`
 (`guided_x0_fn` builds one from the network and `Diffusion.clipped_x0`). Times run from t=1
@@ -7,6 +7,7 @@ t_now = 1 - i / steps to t_next = max(1 - (i + 1 + td) / steps, 0), so the netwo
 slightly noisier input than the state it is asked to denoise (paper Sec. 3, Fig. 3).
 """
 
+from typing import Any
 from typing import Callable
 from typing import Optional
 
@@ -16,7 +17,9 @@ import jax.numpy as jnp
 from bit_diffusion import schedules
 
 X0Fn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-SAMPLERS = ('ddim', 'ddpm')
+# 'ddim' (deterministic, first order), 'ddpm' (ancestral), 'dpm2m' (DPM-Solver++(2M):
+# deterministic, second order, one network call per step as DDIM).
+SAMPLERS = ('ddim', 'ddpm', 'dpm2m')
 DDPM_VARIANCES = ('large', 'small')
 INFILL_METHODS = ('replace', 'clean')
 
@@ -56,6 +59,24 @@ def ddpm_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray, gamma_n
   return mean + jnp.sqrt(jnp.maximum(sigma_squared, 0.0)) * noise
 
 
+def half_log_snr(gamma: jnp.ndarray) -> jnp.ndarray:
+  """lambda = log(alpha / sigma) = log(gamma / (1 - gamma)) / 2 (Lu et al. 2022)."""
+  return 0.5 * (jnp.log(gamma) - jnp.log1p(-gamma))
+
+
+def dpm2m_estimate(x0: jnp.ndarray, previous_x0: jnp.ndarray, lambda_previous: jnp.ndarray,
+                   lambda_now: jnp.ndarray, lambda_next: jnp.ndarray) -> jnp.ndarray:
+  """The data estimate D of a DPM-Solver++(2M) step (Lu et al. 2022, "DPM-Solver++", Alg. 2).
+
+  D = x0 + h / (2 h_previous) (x0 - previous_x0) with h = lambda_next - lambda_now and
+  h_previous = lambda_now - lambda_previous: x0 extrapolated linearly in lambda to the middle
+  of the step. The step itself is `ddim_step(x_t, D, gamma_now, gamma_next)`:
+  x' = sigma' / sigma x_t - alpha' (exp(-h) - 1) D, written with gammas. Arrays [B, ...].
+  """
+  ratio = (lambda_next - lambda_now) / (2 * (lambda_now - lambda_previous))
+  return x0 + ratio * (x0 - previous_x0)
+
+
 def step_times(step: jnp.ndarray, steps: int, td: float) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(t_now, t_next) of sampling step `step` in [0, steps), with td counted in steps."""
   t_now = 1.0 - step / steps
@@ -63,11 +84,18 @@ def step_times(step: jnp.ndarray, steps: int, td: float) -> tuple[jnp.ndarray, j
   return t_now, t_next
 
 
+def path_gammas(gamma_fn: schedules.GammaFn, steps: int, td: float = 0.0) -> jnp.ndarray:
+  """The noise levels of the states a `keep_path` run returns: gamma(1), then gamma(t_next)
+  of every step; float32 [steps + 1]."""
+  _, t_next = step_times(jnp.arange(steps), steps, td)
+  return gamma_fn(jnp.concatenate([jnp.ones((1,)), t_next]))
+
+
 def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
            gamma_fn: schedules.GammaFn, steps: int, sampler: str = 'ddim', td: float = 0.0,
            ddpm_variance: str = 'large', self_condition: bool = True,
            known: Optional[tuple[jnp.ndarray, jnp.ndarray]] = None,
-           infill: str = 'replace') -> tuple[jnp.ndarray, jnp.ndarray]:
+           infill: str = 'replace', keep_path: bool = False) -> tuple[jnp.ndarray, ...]:
   """Runs the reverse process from Gaussian noise (Algorithm 2), or fills in a partly known x0.
 
   Infilling (`known`) by replacement (Song et al. 2021, "Score-based generative modeling through
@@ -87,17 +115,21 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
     rng: PRNG key for the initial noise and DDPM's noise.
     gamma_fn: the noise schedule.
     steps: number of network evaluations.
-    sampler: 'ddim' or 'ddpm'.
+    sampler: 'ddim', 'ddpm' or 'dpm2m' (DPM-Solver++(2M): the first and the last step, and
+      a step that reaches t = 0 early (td > 0), are DDIM steps; the others extrapolate x0 from
+      the previous estimate, `dpm2m_estimate`).
     td: asymmetric time interval in steps (0 = standard).
     ddpm_variance: 'large' or 'small' (DDPM only).
     self_condition: feed the previous x0 estimate back to the network.
     known: optional (bits float [B, ..., D], mask bool [B, ..., D]): the channels where mask
       is True are known to be those bits; the others are sampled.
     infill: how the known bits enter: 'replace' (re-noised each step) or 'clean' (see above).
+    keep_path: also return every state of the path (for its curvature).
 
   Returns:
     (x0, x): the last x0 estimate, whose sign gives the bits, and the final state x_0, both
-    float32 [B, ..., D].
+    float32 [B, ..., D]; with keep_path, (x0, x, path) with path float32 [steps + 1, B, ..., D]:
+    the initial noise, then the state after each step (noise levels: `path_gammas`).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'Unknown sampler {sampler!r}; choose one of {SAMPLERS}.')
@@ -117,9 +149,12 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
   known_rng = jax.random.fold_in(init_rng, 1)  # Infilling's noise; sampling's draws unchanged.
   x = jax.random.normal(init_rng, shape, jnp.float32)
   batch = shape[0]
+  zeros = jnp.zeros(shape, jnp.float32)
+  path = jnp.zeros((steps + 1,) + tuple(shape), jnp.float32).at[0].set(x) if keep_path else None
 
   def body(step, carry):
-    x, x0 = carry
+    x, x0, path = carry
+    previous_t = 1.0 - (step - 1) / steps  # Where the x0 of the carry was estimated.
     t_now, t_next = step_times(step, steps, td)
     gamma_now, gamma_next = gamma_fn(t_now), gamma_fn(t_next)
     gamma = jnp.full((batch,), gamma_now)
@@ -130,23 +165,32 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
       z = jax.random.normal(jax.random.fold_in(known_rng, step), shape, jnp.float32)
       x = jnp.where(known[1], jnp.sqrt(gamma_now) * known[0] + jnp.sqrt(1 - gamma_now) * z, x)
     self_cond = x0 if self_condition else jnp.zeros_like(x)
+    previous_x0 = x0  # The estimate of the step before (dpm2m).
     x0 = x0_fn(x, gamma, self_cond).astype(jnp.float32)
     if known is not None:
       x0 = jnp.where(known[1], known[0], x0)
     if sampler == 'ddim':
       x = ddim_step(x, x0, gamma_now, gamma_next)
+    elif sampler == 'dpm2m':
+      lambdas = half_log_snr(gamma_fn(previous_t)), half_log_snr(gamma_now), half_log_snr(
+          gamma_next)
+      first_order = (step == 0) | (step == steps - 1) | (t_next <= 0)
+      estimate = jnp.where(first_order, x0, dpm2m_estimate(x0, previous_x0, *lambdas))
+      x = ddim_step(x, estimate, gamma_now, gamma_next)
     else:
       noise = jax.random.normal(jax.random.fold_in(loop_rng, step), shape, jnp.float32)
       x = ddpm_step(x, x0, gamma_now, gamma_next, noise, ddpm_variance)
-    return x, x0
+    if keep_path:
+      path = path.at[step + 1].set(x)
+    return x, x0, path
 
-  x, x0 = jax.lax.fori_loop(0, steps, body, (x, jnp.zeros(shape, jnp.float32)))
-  return x0, x
+  x, x0, path = jax.lax.fori_loop(0, steps, body, (x, zeros, path))
+  return (x0, x, path) if keep_path else (x0, x)
 
 
 def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
                  to_x0: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray],
-                 labels: Optional[jnp.ndarray], null_label: int, guidance: float) -> X0Fn:
+                 labels: Any, null_label: Any, guidance: float) -> X0Fn:
   """The sampler's x0_fn: the network with its labels bound, with classifier-free guidance.
 
   Classifier-free guidance (Ho & Salimans 2022) with weight w combines the RAW network outputs,
@@ -164,8 +208,11 @@ def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
     output_fn: (x_t [B, ...], gamma [B], self_cond [B, ...], labels [B] or None) -> raw network
       output [B, ...] (an x0, eps or v prediction, or logits).
     to_x0: (output, x_t, gamma) -> clipped x0 estimate [B, ...] (`Diffusion.clipped_x0`).
-    labels: int [B], or None for an unconditional model.
-    null_label: the label that means "no class" (`num_classes`).
+    labels: int [B], or None for an unconditional model; or any condition with a leading batch
+      axis (a pytree: DisCo-Diff's encoded latents).
+    null_label: the label that means "no class" (`num_classes`); or, for a condition that is
+      not a label, the unconditional condition itself, shaped like `labels` (DisCo-Diff: the
+      encoded null embedding).
     guidance: w >= 0; 0 (or labels None) runs the conditional pass only.
 
   Returns:
@@ -176,7 +223,8 @@ def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
 
   def guided(x, gamma, self_cond):
     double = lambda a: jnp.concatenate([a, a], axis=0)  # [B, ...] -> [2B, ...].
-    both_labels = jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0)
+    null = (jnp.full_like(labels, null_label) if isinstance(null_label, int) else null_label)
+    both_labels = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), labels, null)
     cond, uncond = jnp.split(output_fn(double(x), double(gamma), double(self_cond), both_labels),
                              2)
     return to_x0((1 + guidance) * cond - guidance * uncond, x, gamma)

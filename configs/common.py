@@ -13,9 +13,9 @@ def engine_config(*, task: str, method: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Seeds the parameters, the data order, the training noise and the samples (separate streams).
   config.seed = 0
-  config.task = task  # What is generated: 'image' | 'captioning' | 'text'.
+  config.task = task  # What is generated: 'image' | 'captioning' | 'text' | 'points'.
   # How: 'bit_diffusion' | 'autoregressive' (sequence baseline) | 'ggm' (Glauber Generative
-  # Model, text and images).
+  # Model, text and images) | 'disco' (DisCo-Diff: Bit Diffusion with learned discrete latents).
   config.method = method
   config.optimizer = optimizer_config()
   config.training = training_config()
@@ -98,7 +98,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
 def sampling_config() -> ml_collections.ConfigDict:
   """The reverse process (Algorithm 2) and the sample/eval modes' batches."""
   sampling = ml_collections.ConfigDict()
-  sampling.sampler = 'ddim'  # 'ddim' | 'ddpm'.
+  sampling.sampler = 'ddim'  # 'ddim' | 'ddpm' | 'dpm2m' (DPM-Solver++(2M), deterministic).
   sampling.steps = 100
   sampling.td = 0.0  # Asymmetric time interval, in sampling steps (paper Sec. 3).
   sampling.ddpm_variance = 'large'  # 'large' (1 - alpha) | 'small' (posterior).

@@ -63,6 +63,20 @@ TINY_TEXT_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,), 'eval.swee
 # The Glauber Generative Model's process: 2 sweeps of 16 positions (32 network calls a sample).
 TINY_TEXT_GGM = {'ggm.num_sweeps': 2}
 
+# configs/toy.py with a 16-wide, one-block MLP, batch 16, 4 steps and 4-step sampling.
+TINY_TOY = {
+    'model.width': 16, 'model.depth': 1, 'training.batch_size': 16, 'training.num_steps': 4,
+    'training.log_every': 2, 'training.checkpoint_every': 2, 'training.sample_every': 0,
+    'training.num_grid_samples': 8, 'optimizer.warmup_steps': 2, 'sampling.steps': 4,
+    'sampling.num_samples': 12, 'sampling.batch_size': 8, 'eval.num_samples': 24,
+    'eval.repeats': 1, 'eval.sweep_samplers': ('ddpm', 'dpm2m'), 'eval.sweep_steps': (4,),
+    'eval.curvature_samples': 8,
+}
+# configs/toy_disco.py's encoder, codebook and prior made small; the last 2 of 4 steps fit the
+# prior.
+TINY_TOY_DISCO = {'model.encoder_width': 16, 'model.encoder_depth': 2, 'disco.embedding_dim': 8,
+                  'disco.prior_width': 16, 'disco.prior_steps': 2}
+
 
 def tiny_digits(**overrides) -> ml_collections.ConfigDict:
   """configs/digits.py made tiny (TINY_DIGITS), then `overrides` ('section.field': value)."""
@@ -98,6 +112,15 @@ def tiny_text(config_module, **overrides) -> ml_collections.ConfigDict:
     tiny.update(TINY_TEXT_DIFFUSION)
   if config.method == 'ggm':
     tiny.update(TINY_TEXT_GGM)
+  return config_overrides.apply(config, {**tiny, **overrides})
+
+
+def tiny_toy(config_module, **overrides) -> ml_collections.ConfigDict:
+  """configs/toy.py or toy_disco.py made tiny (TINY_TOY, TINY_TOY_DISCO), then `overrides`."""
+  config = config_module.get_config()
+  tiny = dict(TINY_TOY)
+  if config.method == 'disco':
+    tiny.update(TINY_TOY_DISCO)
   return config_overrides.apply(config, {**tiny, **overrides})
 
 

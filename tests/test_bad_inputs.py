@@ -30,6 +30,7 @@ from bit_diffusion import tasks
 from bit_diffusion import train_loop
 from bit_diffusion import workdir_lock
 from bit_diffusion.captioning import data as caption_data
+from bit_diffusion.points import evaluate as points_evaluate
 from bit_diffusion.text import corpus as text_corpus
 from bit_diffusion.text import data as text_data
 from bit_diffusion.text import infill as text_infill
@@ -37,6 +38,7 @@ from configs import common
 from configs import shapes_captioning
 from configs import text
 from configs import tiny
+from configs import toy_disco
 from tests import subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +204,18 @@ def _saved_checkpoints(tmp, steps=(2, 4)):
   return os.path.join(tmp, 'run')
 
 
+def _unfitted_prior(tmp):
+  """A DisCo-Diff checkpoint of step 2 of 4 (untrained weights): its prior's stage never ran."""
+  config = tiny.tiny_toy(toy_disco)
+  trainer = engine.Engine(config, methods.create(config))
+  manager = checkpointing.create_manager(os.path.join(tmp, 'run'), 5)
+  checkpointing.save(manager, 2, trainer.init_state(engine.seed_key(0, 'init')),
+                     trainer.signature())
+  manager.wait_until_finished()
+  _inputs_ready(tmp)
+  points_evaluate.sample_from_checkpoint(config, os.path.join(tmp, 'run'))
+
+
 def _unreadable_checkpoints(tmp):
   workdir = _saved_checkpoints(tmp)
   for step in (2, 4):
@@ -328,6 +342,12 @@ CASES = [
      lambda t: tasks.create(tiny.tiny_digits(**{'data.display_max': 40})), ValueError),
     ('Bit Diffusion guidance set on the GGM digits config, on the command line', lambda t: _cli(
         t, '--config=configs/digits_ggm.py', '--config.sampling.guidance=1.0'), RuntimeError),
+    ('DisCo-Diff with no latents', lambda t: methods.create(
+        tiny.tiny_toy(toy_disco, **{'disco.num_latents': 0})), ValueError),
+    ('DisCo-Diff with a codebook of 0 codes', lambda t: methods.create(
+        tiny.tiny_toy(toy_disco, **{'disco.codebook_size': 0})), ValueError),
+    ('Sampling from a DisCo-Diff checkpoint saved before its prior was fitted', _unfitted_prior,
+     ValueError),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Samplers with oracle denoisers: exact data, the DDIM/DDPM step algebra, td, guidance."""
+"""Samplers with oracle denoisers: exact data, the DDIM/DDPM/DPM-Solver++(2M) step algebra, the
+probability-flow ODE of Gaussian data, td, guidance, the kept path."""
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ def _sample(x0_fn, **kwargs):
 
 
 @pytest.mark.parametrize('sampler,variance', [('ddim', 'large'), ('ddpm', 'large'),
-                                              ('ddpm', 'small')])
+                                              ('ddpm', 'small'), ('dpm2m', 'large')])
 @pytest.mark.parametrize('self_condition', [True, False])
 @pytest.mark.parametrize('td', [0.0, 1.5])
 def test_oracle_reproduces_the_data(sampler, variance, self_condition, td):
@@ -37,7 +38,7 @@ def test_oracle_reproduces_the_data(sampler, variance, self_condition, td):
   assert np.all(np.isfinite(x))
 
 
-@pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])
+@pytest.mark.parametrize('sampler', ['ddim', 'ddpm', 'dpm2m'])
 def test_exact_oracle_ends_at_the_data(sampler):
   # The last step goes to t = 0, where the linear schedule has gamma = 1: both samplers land on
   # the oracle's x0 whatever the noise.
@@ -60,6 +61,48 @@ def test_ddim_with_the_exact_oracle_keeps_the_initial_noise(steps):
   assert 0.7 < float(jnp.std(z)) < 1.3 and abs(float(jnp.mean(z))) < 0.3  # Noise, not data.
   _, x = _sample(oracle, gamma_fn=gamma_fn, steps=steps)
   np.testing.assert_allclose(x, 0.8 * BITS + 0.6 * z, atol=1e-5)
+
+
+def _gaussian_ode_error(sampler: str, steps: int, spread: float = 0.5) -> float:
+  """Largest error of `sampler` against the exact probability-flow ODE of data N(0, spread^2).
+
+  The exact denoiser is E[x0 | x_t] = sqrt(g) s^2 x_t / (g s^2 + 1 - g), and the ODE keeps
+  x_t / sqrt(g s^2 + 1 - g) fixed, so from x_1 it ends at x_1 sqrt(v(0) / v(1)), v = g s^2 + 1 - g.
+  """
+  gamma_fn = schedules.cosine_gamma
+  variance = lambda g: g * spread**2 + 1 - g
+  oracle = lambda x, gamma, self_cond: (jnp.sqrt(gamma) * spread**2 / variance(gamma))[
+      :, None] * x
+  x0, x, path = jax.jit(lambda rng: samplers.sample(
+      oracle, (256, 1), rng, gamma_fn=gamma_fn, steps=steps, sampler=sampler,
+      self_condition=False, keep_path=True))(jax.random.PRNGKey(0))
+  exact = path[0] * jnp.sqrt(variance(gamma_fn(0.0)) / variance(gamma_fn(1.0)))
+  np.testing.assert_array_equal(path[-1], x)
+  return float(jnp.max(jnp.abs(x - exact)))
+
+
+def test_dpm2m_solves_the_gaussian_ode_to_second_order():
+  """DPM-Solver++(2M) against the exact ODE: far closer than DDIM at the same network calls,
+  and its error falls at least 3x when the steps double (DDIM's about 2x). Measured: 0.055 and
+  0.0045 at 10 and 20 steps, DDIM 0.196 and 0.101."""
+  ddim = [_gaussian_ode_error('ddim', steps) for steps in (10, 20)]
+  dpm = [_gaussian_ode_error('dpm2m', steps) for steps in (10, 20)]
+  assert dpm[0] < ddim[0] / 3 and dpm[1] < ddim[1] / 10, (dpm, ddim)
+  assert dpm[1] < dpm[0] / 3, dpm
+  assert ddim[1] > ddim[0] / 3, ddim
+
+
+def test_dpm2m_estimate_by_hand():
+  # lambdas -1, 0, 0.5: h = 0.5, h_previous = 1, so D = x0 + 0.25 (x0 - previous).
+  estimate = samplers.dpm2m_estimate(jnp.float32(1.0), jnp.float32(0.2), -1.0, 0.0, 0.5)
+  assert float(estimate) == pytest.approx(1.2)
+  g = jnp.array([0.2, 0.5, 0.9])
+  np.testing.assert_allclose(samplers.half_log_snr(g), 0.5 * np.log(g / (1 - g)), rtol=1e-6)
+
+
+def test_path_gammas_are_the_levels_of_the_kept_states():
+  gammas = samplers.path_gammas(schedules.linear_gamma, 4, td=1.0)
+  np.testing.assert_allclose(gammas, [0.0, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
 
 
 def test_ddim_step_by_hand():

@@ -1,23 +1,27 @@
 """Methods: how data is generated (Bit Diffusion, the autoregressive baseline, the Glauber
-Generative Model).
+Generative Model, DisCo-Diff).
 
 `create(config, task=None)` builds the config's method for a task (by default the config's).
 Every method has the same small surface, used by the engine (`engine.py`) and the generation
 loop (`generation.py`):
   metric_names, check(num_devices), signature(), create_network(rng),
   loss(graphdef, params, batch, rng, batch_sharding) -> (mean loss, per-example metrics),
-  make_sample_fn(graphdef, mesh, **overrides) -> jitted fn(params, rng, cond) -> samples.
+  make_sample_fn(graphdef, mesh, **overrides) -> jitted fn(params, rng, cond) -> samples;
+and optionally wrap_optimizer(optimizer) -> optimizer (parameter groups, stages) and
+check_restored(step) (refuse a checkpoint that cannot sample yet).
 docs/architecture.md has the steps to add one.
 """
 
 from bit_diffusion import tasks
 from bit_diffusion.methods import autoregressive
 from bit_diffusion.methods import bit_diffusion
+from bit_diffusion.methods import disco
 from bit_diffusion.methods import ggm
 
 METHODS = {'bit_diffusion': bit_diffusion.BitDiffusion,
            'autoregressive': autoregressive.Autoregressive,
-           'ggm': ggm.GlauberGenerativeModel}
+           'ggm': ggm.GlauberGenerativeModel,
+           'disco': disco.DisCo}
 
 
 def create(config, task=None):

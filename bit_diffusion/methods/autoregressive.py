@@ -92,31 +92,40 @@ class Autoregressive:
       if infill:
         cond, *known = cond
       model = nnx.merge(graphdef, params, copy=True)
-      context = model.encode_condition(cond)
       batch = jax.tree.leaves(cond)[0].shape[0]
-
-      def body(i, carry):
-        tokens, token_in, cache = carry
-        logits, cache = model.logits_step(token_in, context, cache, i)
-        logits = logits.astype(jnp.float32)
-        if temperature:
-          token = jax.random.categorical(jax.random.fold_in(rng, i), logits / temperature)
-        else:
-          token = jnp.argmax(logits, axis=-1)
-        token = token.astype(jnp.int32)
-        if known is not None:
-          token = jnp.where(known[1][:, i], known[0][:, i].astype(jnp.int32), token)
-        return tokens.at[:, i].set(token), token, cache
-
-      start = jnp.full((batch,), model.start_id, jnp.int32)
-      carry = (jnp.zeros((batch, length), jnp.int32), start, model.init_cache(batch))
-      return jax.lax.fori_loop(0, length, body, carry)[0]
+      return decode_tokens(model, model.encode_condition(cond), rng, batch, length, temperature,
+                           known)
 
     if mesh is None:
       return jax.jit(sample_fn)
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
                    out_shardings=batch_sharding)
+
+
+def decode_tokens(model: nnx.Module, context: Any, rng: jax.Array, batch: int, length: int,
+                  temperature: float, known: Optional[tuple[jax.Array, jax.Array]] = None
+                  ) -> jax.Array:
+  """Tokens int32 [batch, length] decoded left to right from an autoregressive network's
+  cache (`init_cache`, `logits_step`): each from softmax(logits / temperature), or the argmax
+  at temperature 0. known: (tokens [B, L], mask bool [B, L]): masked positions keep their
+  token. Position i draws with the key fold_in(rng, i)."""
+  def body(i, carry):
+    tokens, token_in, cache = carry
+    logits, cache = model.logits_step(token_in, context, cache, i)
+    logits = logits.astype(jnp.float32)
+    if temperature:
+      token = jax.random.categorical(jax.random.fold_in(rng, i), logits / temperature)
+    else:
+      token = jnp.argmax(logits, axis=-1)
+    token = token.astype(jnp.int32)
+    if known is not None:
+      token = jnp.where(known[1][:, i], known[0][:, i].astype(jnp.int32), token)
+    return tokens.at[:, i].set(token), token, cache
+
+  start = jnp.full((batch,), model.start_id, jnp.int32)
+  carry = (jnp.zeros((batch, length), jnp.int32), start, model.init_cache(batch))
+  return jax.lax.fori_loop(0, length, body, carry)[0]
 
 
 def shift_right(tokens: jax.Array, start_id: int) -> jax.Array:

@@ -159,9 +159,11 @@ class BitDiffusion:
 
     cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
     which only carry B). Keyword overrides of `config.sampling`: sampler, steps, td,
-    ddpm_variance, guidance, self_condition, infill_method. The condition is encoded once per
-    batch; with cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in
-    turn (the same samples). With a mesh, the batch is sharded over its 'data' axis.
+    ddpm_variance, guidance, self_condition, infill_method; and trajectory=True, which returns
+    the sampler's path instead, float32 [B, steps + 1, ..., D] (`samplers.sample`'s keep_path).
+    The condition is encoded once per batch; with cpu.sampler_microbatch_size > 0 each network
+    evaluation runs on microbatches in turn (the same samples). With a mesh, the batch is
+    sharded over its 'data' axis.
 
     infill=True: cond is (cond, known int [B, *example_shape], known_mask bool [B,
     *example_shape]) and the values where known_mask is True are kept, the others filled in
@@ -169,19 +171,16 @@ class BitDiffusion:
     step's level) or 'clean' (sequences from a model trained with position noise: the known
     positions given clean, at their own noise level).
     """
-    s = self.config.sampling
-    settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
-                    guidance=s.get('guidance', 0.0), self_condition=self.self_condition,
-                    infill_method=s.get('infill_method', 'replace'))
-    settings.update(overrides)
-    guidance = settings.pop('guidance')
-    infill_method = settings.pop('infill_method')
+    settings = self.sampler_settings(overrides)
+    guidance = settings.pop('guidance', self.config.sampling.get('guidance', 0.0))
+    infill_method = settings.pop('infill_method',
+                                 self.config.sampling.get('infill_method', 'replace'))
+    trajectory = settings.pop('trajectory', False)
     self._check_infill_method(infill_method)
     if guidance and not self.task.num_classes:
       raise ValueError('Classifier-free guidance needs a class-conditional model '
                        '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
-    diffusion, num_shards = self.diffusion, 1 if mesh is None else mesh.shape['data']
-    microbatch = self.config.cpu.sampler_microbatch_size
+    num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
       known = None
@@ -189,27 +188,16 @@ class BitDiffusion:
         cond, known_data, known_mask = cond
         mask = known_mask if self.task.channels_last else known_mask[..., None]
         known = (self.encode(known_data),
-                 jnp.repeat(mask, diffusion.codec.channels_per_value, axis=-1))
+                 jnp.repeat(mask, self.diffusion.codec.channels_per_value, axis=-1))
       model = nnx.merge(graphdef, params, copy=True)
       batch = jax.tree.leaves(cond)[0].shape[0]
       # An unconditional model's cond only carries the batch size.
-      context = model.encode_condition(cond) if self._uses_condition() else None
-
-      def x0_estimate(x, gamma, self_cond, context):  # Not clipped yet.
-        inputs = (jnp.concatenate([x, self_cond], axis=-1), gamma, context)
-        output = run_in_microbatches(lambda x_in, g, c: model.denoise(x_in, g, c), inputs,
-                                     microbatch, num_shards)
-        return diffusion.x0_from_output(output, x, gamma)
-
-      # Guidance combines the unclipped estimates, then clips once: as the authors' code, which
-      # turns softmax/sigmoid outputs into expected bits first (for x0, eps and v predictions
-      # this equals combining the raw outputs). The U-Net's context is its labels.
-      clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
-      x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, self.task.num_classes, guidance)
-      shape = (batch,) + self._bits_shape()
-      x0, _ = samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, known=known,
-                              infill=infill_method, **settings)
-      return self.decode(x0)
+      context = model.encode_condition(cond) if self.uses_condition() else None
+      # The U-Net's context is its labels: the null label is num_classes.
+      result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
+                                settings, num_shards, known=known, infill=infill_method,
+                                keep_path=trajectory)
+      return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
     if mesh is None:
       return jax.jit(sample_fn)
@@ -218,7 +206,42 @@ class BitDiffusion:
     return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
                    out_shardings=batch_sharding)
 
-  def _uses_condition(self) -> bool:
+  def sampler_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`config.sampling`'s sampler, steps, td, ddpm_variance and self_condition, updated by
+    `overrides` (which may add other keys, left to the caller)."""
+    s = self.config.sampling
+    settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
+                    self_condition=self.self_condition)
+    settings.update(overrides)
+    return settings
+
+  def sample_bits(self, denoiser: nnx.Module, rng: jax.Array, batch: int, context: Any,
+                  null_context: Any, guidance: float, settings: dict[str, Any],
+                  num_shards: int = 1, **sample_kwargs) -> tuple[jax.Array, ...]:
+    """`samplers.sample` with a denoiser network (`denoise(x_in, gamma, context)`): analog bits
+    [batch, ..., D] (x0, x and, with keep_path, the path).
+
+    Guidance combines the unclipped estimates of `context` and `null_context` (the null label,
+    or an encoded unconditional condition; `samplers.guided_x0_fn`), then clips once: as the
+    authors' code, which turns softmax/sigmoid outputs into expected bits first (for x0, eps
+    and v predictions this equals combining the raw outputs). With
+    cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn.
+    """
+    diffusion, microbatch = self.diffusion, self.config.cpu.sampler_microbatch_size
+
+    def x0_estimate(x, gamma, self_cond, context):  # Not clipped yet.
+      inputs = (jnp.concatenate([x, self_cond], axis=-1), gamma, context)
+      output = run_in_microbatches(lambda x_in, g, c: denoiser.denoise(x_in, g, c), inputs,
+                                   microbatch, num_shards)
+      return diffusion.x0_from_output(output, x, gamma)
+
+    clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
+    x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, null_context, guidance)
+    shape = (batch,) + self._bits_shape()
+    return samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, **settings,
+                           **sample_kwargs)
+
+  def uses_condition(self) -> bool:
     """Whether the network reads a condition: class labels, or a task whose condition is not a
     label (captioning's images)."""
     return bool(self.task.num_classes) or not self.task.channels_last
@@ -237,6 +260,12 @@ def make_denoise_fn(graphdef: nnx.GraphDef, params: Any) -> diffusion_lib.Denois
     return model(jnp.concatenate([x_t, self_cond], axis=-1), gamma, cond,
                  dropout_rng=dropout_rng).astype(jnp.float32)
   return denoise_fn
+
+
+def path_batch_first(path: jax.Array) -> jax.Array:
+  """A sampler path [steps + 1, B, ...] -> [B, steps + 1, ...] (rows per sample, as
+  `generation.generate` gathers them)."""
+  return jnp.moveaxis(path, 0, 1)
 
 
 def run_in_microbatches(fn: Callable[..., jax.Array], inputs: tuple, microbatch_size: int,
