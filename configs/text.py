@@ -50,7 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.position_noise_rate = 0.5
   # 'bits': one x0 per analog bit (the paper's captioner); 'softmax': logits over the 2**num_bits
   # values, x0 = their expected bits (the paper's output for uint8 (rand) images).
-  config.diffusion.output = 'bits'
+  config.diffusion.output = 'softmax'
+  # With the softmax output, the cross-entropy of the true character (CDCD's loss; the paper's
+  # for one-hot outputs) in place of L2 on the expected bits: at 400 steps generative perplexity
+  # 58.0 against 69.6, the bit output's 76.3 (docs/reference.md).
+  config.diffusion.loss = 'cross_entropy'
 
   config.model = ml_collections.ConfigDict()
   config.model.width = 128

@@ -136,13 +136,11 @@ def test_lm1b_missing_data_is_a_clear_error(tmp_path):
 def test_diffusion_trains_and_writes_previews(diffusion_run):
   config, workdir, state, losses = diffusion_run
   assert int(state.step) == 40
-  # The x0 loss of the best prediction that ignores its input (each bit's mean over the
-  # training text) is the bits' variance; the trained denoiser is well below it.
-  method = methods.create(config)
-  bits = np.asarray(method.encode(method.task.windows('train')))  # [n, L, 5]
-  constant_loss = float(np.mean(np.var(bits.reshape(-1, bits.shape[-1]), axis=0)))
-  assert len(losses) == 2 and losses[1] < losses[0] and losses[1] < 0.9 * constant_loss, (
-      losses, constant_loss)
+  # The cross-entropy starts at log(32) (the zero-initialised logits: uniform over the 32 values
+  # of 5 bits); after 40 steps the denoiser is well below it (the characters' frequencies alone,
+  # learnt at every noise level, would give their entropy, 2.65 nats on this corpus).
+  assert config.diffusion.loss == 'cross_entropy'
+  assert len(losses) == 2 and losses[1] < losses[0] and losses[1] < 0.9 * np.log(32), losses
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['40']
   with open(os.path.join(workdir, 'samples', 'text_00000040.txt'), encoding='utf-8') as f:
     lines = f.read().splitlines()
