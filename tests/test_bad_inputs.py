@@ -335,6 +335,8 @@ CASES = [
     ('GGM method on a config without its ggm section',
      lambda t: methods.create(tiny.tiny_digits(method='ggm')), ValueError),
     ('GGM on images with a U-Net in config.model', _ggm_on_a_unet_config, ValueError),
+    ('Bit Diffusion method on a GGM config (no bits or diffusion section)',
+     lambda t: methods.create(tiny.tiny_digits_ggm(method='bit_diffusion')), ValueError),
     ('Image values above data.display_max (the top of the GGM vocabulary)',
      lambda t: _load(_npz(t, images=np.full((4, 8, 8, 1), 20, np.uint8),
                           labels=np.zeros(4, np.int32))), ValueError),

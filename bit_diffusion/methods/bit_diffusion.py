@@ -41,6 +41,13 @@ class BitDiffusion:
   metric_names = ('loss', 'x0_mse', 'bit_error')
 
   def __init__(self, config, task):
+    missing = [name for name in ('bits', 'diffusion') if name not in config]
+    if missing:
+      raise ValueError(f'config.method={config.method!r} needs the config sections '
+                       f'{missing} (how values become analog bits and the diffusion), which '
+                       f'this config lacks (a config of another method): start from a Bit '
+                       f'Diffusion config of the {config.task} task, e.g. configs/digits.py or '
+                       'configs/text.py.')
     self.config = config
     self.task = task
     wanted_bits = config.data.get('num_bits', 0)
