@@ -28,14 +28,20 @@ from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-flags.DEFINE_enum('task', 'text', ['text', 'digits'], 'Which comparison (COMPARISONS).')
-flags.DEFINE_float('minutes', 30.0, 'Training wall-clock time per method.')
-flags.DEFINE_string('workdir', '', 'Where the methods train (default runs/compare_<task>).')
-flags.DEFINE_integer('calibration_steps', 60, 'Steps timed per method to set num_steps.')
-flags.DEFINE_multi_string('override', [], 'a.b=value config overrides given to every run '
-                          '(training and eval), e.g. eval.num_samples=128; NAME:a.b=value only '
-                          'to the config file NAME (e.g. text:eval.sweep_td=(0.,)).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line (defined only when run as a script, so that importing this module, as the
+  tests do, adds no absl flags to the importer's)."""
+  flags.DEFINE_enum('task', 'text', ['text', 'digits'], 'Which comparison (COMPARISONS).')
+  flags.DEFINE_float('minutes', 30.0, 'Training wall-clock time per method.')
+  flags.DEFINE_string('workdir', '', 'Where the methods train (default runs/compare_<task>).')
+  flags.DEFINE_integer('calibration_steps', 60, 'Steps timed per method to set num_steps.')
+  flags.DEFINE_multi_string('override', [], 'a.b=value config overrides given to every run '
+                            '(training and eval), e.g. eval.num_samples=128; NAME:a.b=value only '
+                            'to the config file NAME (e.g. text:eval.sweep_td=(0.,)).')
+
 
 # task -> [(method name, config file)]. Digits have no autoregressive config (images are not
 # token sequences for it); GGM on digits comes with configs/digits_ggm.py.
@@ -198,4 +204,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
