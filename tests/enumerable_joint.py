@@ -1,14 +1,18 @@
 """A joint distribution small enough to enumerate, shared by the exactness tests of every method
-(tests/test_ggm.py, tests/test_exactness.py): 5 positions of 3 symbols (243 sequences) with
-strong dependencies between positions, its exact samples, and the distances to it.
+(tests/test_ggm.py, tests/test_exact_bit_diffusion.py, tests/test_exact_autoregressive.py): 5
+positions of 3 symbols (243 sequences) with strong dependencies between positions, its exact
+samples, the distances to it, the text task on its alphabet and the training loop.
 """
 
 import itertools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from bit_diffusion.tasks import text as text_tasks
 
 L, V = 5, 3
 # The joint: these sequences with these probabilities (strong dependencies between positions),
@@ -57,17 +61,34 @@ def tv(p: np.ndarray, q: np.ndarray) -> float:
   return 0.5 * float(np.abs(p - q).sum())
 
 
+def sample_tv(samples: np.ndarray, p: np.ndarray) -> float:
+  """TV between p ([V] * k) and the empirical law of samples int [n, k], whose rows may hold ids
+  outside [0, V) (2 bits spell 4 ids): their share counts as mass off p's support."""
+  valid = np.all((samples >= 0) & (samples < V), axis=1)
+  off_support = 1.0 - valid.mean()
+  return 0.5 * (float(np.abs(empirical(samples[valid]) * valid.mean() - p).sum()) + off_support)
+
+
 def monte_carlo_tv(p: np.ndarray, n: int, seed: int = 0) -> float:
   """TV between p ([V] * k) and the empirical law of n exact samples of it (the noise floor)."""
   draws = np.random.default_rng(seed).choice(p.size, n, p=p.reshape(-1))
   return tv(empirical(np.stack(np.unravel_index(draws, p.shape), axis=1)), p)
 
 
+def text_task(config, task_class=text_tasks.TextTask) -> text_tasks.TextTask:
+  """The text task (`tasks/text.py`, or a subclass) on this joint's alphabet: windows of
+  `data.sequence_length` tokens of V ids, 2 bits each. Its corpus is a stub: the task reads only
+  its vocabulary's size and bits (the data comes from `draw`)."""
+  vocabulary = types.SimpleNamespace(size=V, num_bits=2)
+  return task_class(config, corpus=types.SimpleNamespace(vocabulary=vocabulary))
+
+
 def fit(loss_fn, params, num_steps: int, learning_rate: float, seed: int):
   """Adam with a cosine decay (to 5% of `learning_rate`) on loss_fn(params, rng) -> scalar, for
   `num_steps` steps in one jitted scan; step i gets the key fold_in(key(seed), i).
 
-  Returns (params, losses float32 [num_steps]).
+  Returns (params, losses float32 [num_steps]), computed before it returns (not dispatched
+  asynchronously into the first test that reads them).
   """
   optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05))
 
@@ -83,4 +104,4 @@ def fit(loss_fn, params, num_steps: int, learning_rate: float, seed: int):
                                        jnp.arange(num_steps))
     return params, losses
 
-  return train(params)
+  return jax.block_until_ready(train(params))
