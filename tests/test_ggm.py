@@ -1,41 +1,29 @@
 """The Glauber Generative Model's math (bit_diffusion/ggm.py) on a joint distribution small enough
-to enumerate: 5 positions of 3 symbols (243 sequences).
+to enumerate: 5 positions of 3 symbols (243 sequences, tests/enumerable_joint.py).
 
 Oracle tests use the exact classifier computed from the joint; the trained test fits a small MLP
 with the GGM loss and checks the heat-bath sampler's output against the joint.
 """
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from bit_diffusion import ggm
+from tests.enumerable_joint import STATES
+from tests.enumerable_joint import L
+from tests.enumerable_joint import V
+from tests.enumerable_joint import draw
+from tests.enumerable_joint import empirical
+from tests.enumerable_joint import fit
+from tests.enumerable_joint import joint
+from tests.enumerable_joint import monte_carlo_tv
+from tests.enumerable_joint import product_of_marginals
+from tests.enumerable_joint import tv
 
-L, V = 5, 3
-# The joint: these sequences with these probabilities (strong dependencies between positions),
-# and the remaining 5% spread evenly over all 243 sequences, so that every context has mass.
-TABLE = {
-    (0, 0, 0, 0, 0): 0.16, (1, 1, 1, 1, 1): 0.12, (2, 2, 2, 2, 2): 0.08,
-    (0, 1, 2, 0, 1): 0.12, (1, 2, 0, 1, 2): 0.09, (2, 0, 1, 2, 0): 0.07,
-    (0, 0, 1, 1, 2): 0.08, (2, 1, 1, 0, 0): 0.08, (0, 2, 0, 2, 0): 0.08,
-    (1, 0, 1, 0, 1): 0.07,
-}
-FLOOR = 1.0 - sum(TABLE.values())
 NOISE = (0.5, 0.3, 0.2)  # q: not uniform, so that a missing Pi_t factor shows.
-STATES = np.array(list(itertools.product(range(V), repeat=L)))  # [243, L], row-major order.
-
-
-def joint() -> np.ndarray:
-  """float64 [3, 3, 3, 3, 3]."""
-  p = np.full((V,) * L, FLOOR / V**L)
-  for state, mass in TABLE.items():
-    p[state] += mass
-  return p
 
 
 def make_process(num_sweeps: int = 2, schedule='cosine') -> ggm.GlauberProcess:
@@ -89,23 +77,6 @@ def oracle_logits_fn(process, p0: np.ndarray):
     return jnp.stack(out, axis=1)
 
   return logits_fn
-
-
-def empirical(samples: np.ndarray) -> np.ndarray:
-  """The empirical law [V] * k of samples int [n, k]."""
-  counts = np.zeros((V,) * samples.shape[1])
-  np.add.at(counts, tuple(samples.T), 1)
-  return counts / len(samples)
-
-
-def tv(p: np.ndarray, q: np.ndarray) -> float:
-  return 0.5 * float(np.abs(p - q).sum())
-
-
-def monte_carlo_tv(p: np.ndarray, n: int, seed: int = 0) -> float:
-  """TV between p ([V] * k) and the empirical law of n exact samples of it (the noise floor)."""
-  draws = np.random.default_rng(seed).choice(p.size, n, p=p.reshape(-1))
-  return tv(empirical(np.stack(np.unravel_index(draws, p.shape), axis=1)), p)
 
 
 def oracle_infill(process, p0: np.ndarray, known_row, mask_row, n: int) -> np.ndarray:
@@ -255,12 +226,10 @@ def test_several_positions_per_call_is_an_approximation(k):
   samples = jax.jit(lambda rng: ggm.sample(oracle, process, rng, n, positions_per_call=k))(
       jax.random.key(5))
   distance = tv(empirical(np.asarray(samples)), p0)
-  product_of_marginals = np.einsum('a,b,c,d,e->abcde', *[
-      p0.sum(axis=tuple(m for m in range(L) if m != j)) for j in range(L)])
   print(f'{k} positions per call, oracle: TV {distance:.4f}')
   assert distance > 0.1
   if k == L:
-    assert distance == pytest.approx(tv(product_of_marginals, p0), abs=0.01)
+    assert distance == pytest.approx(tv(product_of_marginals(p0), p0), abs=0.01)
 
 
 def test_infilling_of_a_prefix_with_one_sweep_is_exact():
@@ -331,29 +300,14 @@ def test_trained_classifier_samples_the_joint():
   process, p0 = make_process(num_sweeps=2), joint()
   model = Classifier(process.num_steps, HIDDEN, nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, NUM_STEPS, alpha=0.05))
-  cdf = jnp.cumsum(jnp.asarray(p0.reshape(-1), jnp.float32))
-  states = jnp.asarray(STATES, jnp.int32)
 
   def loss_fn(params, rng):
-    data_rng, loss_rng = jax.random.split(rng)  # Data by inverse CDF: cheap random bits.
-    index = jnp.searchsorted(cdf, jax.random.uniform(data_rng, (BATCH,)) * cdf[-1])
-    tokens = states[jnp.minimum(index, len(STATES) - 1)]
+    data_rng, loss_rng = jax.random.split(rng)
+    tokens = draw(p0, data_rng, BATCH)
     logits_fn = lambda x, t: nnx.merge(graphdef, params)(x, t)
     return ggm.loss_terms(logits_fn, process, tokens, loss_rng).loss.mean()
 
-  @jax.jit
-  def train(params):
-    def step(carry, i):
-      params, opt_state = carry
-      loss, grads = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(jax.random.key(7), i))
-      updates, opt_state = optimizer.update(grads, opt_state)
-      return (optax.apply_updates(params, updates), opt_state), loss
-    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)),
-                                       jnp.arange(NUM_STEPS))
-    return params, losses
-
-  params, losses = train(params)
+  params, losses = fit(loss_fn, params, NUM_STEPS, LEARNING_RATE, seed=7)
   logits_fn = lambda x, t: nnx.merge(graphdef, params)(x, t)
   n = 100_000
   samples = np.asarray(jax.jit(lambda rng: ggm.sample(logits_fn, process, rng, n))(
