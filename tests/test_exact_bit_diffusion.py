@@ -94,10 +94,14 @@ class CodebookTextTask(text_tasks.TextTask):
 
 def make_method() -> bit_diffusion.BitDiffusion:
   """configs/text.py on windows of L tokens of 3 ids, with the paper's training (no position
-  noise) and the config's sampling (DDIM, 100 steps, td 0, self-conditioning)."""
+  noise, bit output, L2) and the config's sampling (DDIM, 100 steps, td 0, self-conditioning)."""
   config = text.get_config()
   config.data.sequence_length = L
   config.diffusion.position_noise_rate = 0.0
+  # The paper's output and loss (an x0 estimate per analog bit, L2); configs/text.py trains
+  # per-value logits by cross-entropy, which this x0-valued denoiser does not give.
+  config.diffusion.output = 'bits'
+  config.diffusion.loss = 'l2'
   config.sampling.infill_method = 'replace'  # 'clean' needs position noise.
   return bit_diffusion.BitDiffusion(config, text_task(config, CodebookTextTask))
 
