@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from bit_diffusion.tasks import text as text_tasks
+from tests import optimized
 
 L, V = 5, 3
 # The joint: these sequences with these probabilities (strong dependencies between positions),
@@ -92,7 +93,7 @@ def fit(loss_fn, params, num_steps: int, learning_rate: float, seed: int):
   """
   optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05))
 
-  @jax.jit
+  @optimized.jit
   def train(params):
     def step(carry, i):
       params, opt_state = carry

@@ -18,6 +18,7 @@ from flax import nnx
 from bit_diffusion import transformer
 from bit_diffusion.methods import autoregressive
 from configs import text_ar
+from tests import optimized
 from tests.enumerable_joint import STATES
 from tests.enumerable_joint import L
 from tests.enumerable_joint import V
@@ -59,7 +60,7 @@ def trained():
 def sample(method, graphdef, params, n: int, **overrides) -> np.ndarray:
   """int [n, L]: the method's sampler (cond zeros [n]: an unconditional model's batch size)."""
   fn = method.make_sample_fn(graphdef, **overrides)
-  return np.asarray(fn(params, jax.random.key(2), jnp.zeros((n,), jnp.int32)))
+  return np.asarray(optimized.call(fn, params, jax.random.key(2), jnp.zeros((n,), jnp.int32)))
 
 
 def true_conditionals(p0: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from bit_diffusion import samplers
 from bit_diffusion.methods import bit_diffusion
 from bit_diffusion.tasks import text as text_tasks
 from configs import text
+from tests import optimized
 from tests.enumerable_joint import STATES
 from tests.enumerable_joint import L
 from tests.enumerable_joint import V
@@ -122,7 +123,7 @@ def sample_with(x0_fn, n: int, reverse_bits: bool = False, **settings) -> np.nda
   kwargs = dict(sampler=s.sampler, steps=s.steps, td=s.td, ddpm_variance=s.ddpm_variance,
                 self_condition=METHOD.self_condition)
   kwargs.update(settings)
-  x0, _ = jax.jit(lambda rng: samplers.sample(
+  x0, _ = optimized.jit(lambda rng: samplers.sample(
       x0_fn, (n, L, 2), rng, gamma_fn=METHOD.diffusion.gamma_fn, **kwargs))(jax.random.key(4))
   return np.asarray(METHOD.decode(x0[..., ::-1] if reverse_bits else x0))
 
@@ -171,8 +172,8 @@ def train_denoiser() -> tuple[nnx.GraphDef, nnx.State, jax.Array]:
 
 def sample_trained(graphdef, params, n: int) -> np.ndarray:
   """int [n, L]: the method's sample function (config.sampling) with the trained params."""
-  return np.asarray(METHOD.make_sample_fn(graphdef)(params, jax.random.key(2),
-                                                    jnp.zeros((n,), jnp.int32)))
+  return np.asarray(optimized.call(METHOD.make_sample_fn(graphdef), params, jax.random.key(2),
+                                    jnp.zeros((n,), jnp.int32)))
 
 
 @pytest.fixture(scope='module')
@@ -202,7 +203,7 @@ def test_trained_x0_estimate_is_the_exact_one(trained):
   x0 = METHOD.encode(draw(p0, jax.random.key(10), n))  # [n, L, 2]
   untrained = nnx.state(METHOD.create_network(jax.random.key(0)), nnx.Param)
 
-  @jax.jit
+  @optimized.jit
   def errors(params, t):
     gamma = jnp.full((n,), diffusion.gamma_fn(t))
     x_t = jnp.sqrt(gamma)[:, None, None] * x0 + jnp.sqrt(1 - gamma)[:, None, None] * (

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from bit_diffusion import ggm
+from tests import optimized
 from tests.enumerable_joint import STATES
 from tests.enumerable_joint import L
 from tests.enumerable_joint import V
@@ -84,7 +85,7 @@ def oracle_infill(process, p0: np.ndarray, known_row, mask_row, n: int) -> np.nd
   known = jnp.asarray(np.tile(known_row, (n, 1)), jnp.int32)
   mask = jnp.asarray(np.tile(mask_row, (n, 1)))
   oracle = oracle_logits_fn(process, p0)
-  return np.asarray(jax.jit(lambda rng: ggm.sample(
+  return np.asarray(optimized.jit(lambda rng: ggm.sample(
       oracle, process, rng, n, known=known, known_mask=mask))(jax.random.key(6)))
 
 
@@ -181,7 +182,7 @@ def test_oracle_classifier_minimises_the_loss():
   variants = {'oracle': oracle, 'labels by equality': by_equality,
               'uniform noise': lambda x, t: oracle(x, t) + jnp.log(q * V)}
   rng = jax.random.key(3)  # The same examples for every variant.
-  losses = {name: float(ggm.loss_terms(jax.jit(fn), process, tokens, rng).loss.mean())
+  losses = {name: float(ggm.loss_terms(optimized.jit(fn), process, tokens, rng).loss.mean())
             for name, fn in variants.items()}
   print(losses)
   assert losses['oracle'] < losses['labels by equality'] - 0.005, losses
@@ -192,7 +193,7 @@ def test_oracle_classifier_minimises_the_loss():
 def test_heat_bath_sampler_with_the_oracle_samples_the_joint(num_sweeps):
   process, p0, n = make_process(num_sweeps), joint(), 100_000
   oracle = oracle_logits_fn(process, p0)
-  samples = jax.jit(lambda rng: ggm.sample(oracle, process, rng, n))(jax.random.key(4))
+  samples = optimized.jit(lambda rng: ggm.sample(oracle, process, rng, n))(jax.random.key(4))
   floor = monte_carlo_tv(p0, n)
   distance = tv(empirical(np.asarray(samples)), p0)
   print(f'{num_sweeps} sweeps, oracle: TV {distance:.4f} (Monte-Carlo floor {floor:.4f})')
@@ -206,11 +207,11 @@ def test_sampler_with_a_wrong_classifier_or_order_does_not_sample_the_joint(monk
   process, p0, n = make_process(), joint(), 20_000
   oracle = oracle_logits_fn(process, p0)
   no_pi = lambda x, t: oracle(x, t) - jnp.log(jnp.asarray(NOISE))
-  samples = jax.jit(lambda rng: ggm.sample(no_pi, process, rng, n))(jax.random.key(4))
+  samples = optimized.jit(lambda rng: ggm.sample(no_pi, process, rng, n))(jax.random.key(4))
   without_pi = tv(empirical(np.asarray(samples)), p0)
   positions = ggm.group_positions
   monkeypatch.setattr(ggm, 'group_positions', lambda p, step, k: positions(p, step + 1, k))
-  samples = jax.jit(lambda rng: ggm.sample(oracle, process, rng, n))(jax.random.key(4))
+  samples = optimized.jit(lambda rng: ggm.sample(oracle, process, rng, n))(jax.random.key(4))
   off_by_one = tv(empirical(np.asarray(samples)), p0)
   print(f'TV without the Pi_t factor {without_pi:.4f}, round robin off by one {off_by_one:.4f}')
   assert without_pi > 0.05 and off_by_one > 0.05
@@ -223,7 +224,7 @@ def test_several_positions_per_call_is_an_approximation(k):
   marginal in the last call)."""
   process, p0, n = make_process(num_sweeps=2), joint(), 100_000
   oracle = oracle_logits_fn(process, p0)
-  samples = jax.jit(lambda rng: ggm.sample(oracle, process, rng, n, positions_per_call=k))(
+  samples = optimized.jit(lambda rng: ggm.sample(oracle, process, rng, n, positions_per_call=k))(
       jax.random.key(5))
   distance = tv(empirical(np.asarray(samples)), p0)
   print(f'{k} positions per call, oracle: TV {distance:.4f}')
@@ -310,7 +311,7 @@ def test_trained_classifier_samples_the_joint():
   params, losses = fit(loss_fn, params, NUM_STEPS, LEARNING_RATE, seed=7)
   logits_fn = lambda x, t: nnx.merge(graphdef, params)(x, t)
   n = 100_000
-  samples = np.asarray(jax.jit(lambda rng: ggm.sample(logits_fn, process, rng, n))(
+  samples = np.asarray(optimized.jit(lambda rng: ggm.sample(logits_fn, process, rng, n))(
       jax.random.key(8)))
   distance, floor = tv(empirical(samples), p0), monte_carlo_tv(p0, n)
   # Learned conditionals at the last reverse step (t = 0: X_0 is the clean data; position 0)
