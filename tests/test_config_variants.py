@@ -12,7 +12,9 @@ from bit_diffusion import methods
 from configs import tiny
 from tests import subprocesses
 
-# Four variants cover every option value once (each variant costs one compile).
+# Four variants cover every option value once (each variant costs one compile). The options are
+# the method's and the optimizer's, not the network's, so the variants without attention options
+# train the one-stage U-Net of tiny.tiny_unet (9 s of CPU to compile and step instead of 20 s).
 VARIANTS = {
     'permuted_softmax_linear_unconditional': {
         'bits.encoding': 'permuted', 'diffusion.output': 'softmax', 'diffusion.schedule': 'linear',
@@ -36,6 +38,8 @@ VARIANTS = {
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_variant_takes_a_finite_training_step(name):
   config = tiny.tiny_digits(**VARIANTS[name])
+  if 'model.head_dim' not in VARIANTS[name]:
+    config = tiny.tiny_unet(config)
   trainer = engine.Engine(config, methods.create(config))
   state = trainer.init_state(jax.random.PRNGKey(0))
   images = np.random.RandomState(0).randint(0, 17, (16, 8, 8, 1)).astype(np.int32)

@@ -161,8 +161,9 @@ class _NaNOnNegative(methods.bit_diffusion.BitDiffusion):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny.tiny_digits(**{'training.num_steps': 10, 'training.log_every': 100,
-                               'training.checkpoint_every': 2, 'training.max_checkpoints': 10})
+  config = tiny.tiny_unet(tiny.tiny_digits(**{  # One compile of its own: the cheaper U-Net.
+      'training.num_steps': 10, 'training.log_every': 100, 'training.checkpoint_every': 2,
+      'training.max_checkpoints': 10}))
   method = _NaNOnNegative(config, _PoisonedTask(config))
   try:
     train_loop.train_and_evaluate(config, str(tmp_path), method=method)

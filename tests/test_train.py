@@ -142,11 +142,11 @@ def test_checkpoint_from_another_config_is_refused(trained_workdir):
 
 
 def test_loss_falls_on_a_small_dataset(tmp_path):
-  config = tiny.tiny_digits(**{
+  config = tiny.tiny_unet(tiny.tiny_digits(**{  # A compile of its own: the cheaper U-Net.
       'training.num_steps': 60, 'training.log_every': 20, 'training.checkpoint_every': 60,
       'optimizer.warmup_steps': 10, 'training.batch_size': 32,
       # A constant rate: the demo's cosine decay would have it near 0 for the last logged steps.
-      'optimizer.learning_rate': 1e-3, 'optimizer.decay': 'constant'})
+      'optimizer.learning_rate': 1e-3, 'optimizer.decay': 'constant'}))
   _, losses = recording.train_recording_losses(config, str(tmp_path))
   assert len(losses) == 3
   assert losses[-1] < 0.6 * losses[0], losses
