@@ -20,6 +20,10 @@ TINY_DIGITS = {
     'training.sample_every': 0, 'training.num_grid_samples': 8,
     'training.compilation_cache': False,  # The tests set their own cache (tests/conftest.py).
     'optimizer.warmup_steps': 2, 'sampling.steps': 4, 'sampling.num_samples': 12,
+    # A constant rate after the warm-up: the cosine decay bakes training.num_steps into the
+    # compiled train step, so every step count the tests use (2, 3, 4, 6, 40, ...) would compile
+    # its own. The cosine schedule trains in tests/test_config_variants.py.
+    'optimizer.decay': 'constant',
     'sampling.batch_size': 8, 'eval.num_batches': 2, 'data.prefetch': 0,
     'eval.num_samples': 0,  # Sample metrics: tests/test_digits_metrics.py.
     'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
@@ -55,6 +59,7 @@ TINY_TEXT = {
     'training.num_steps': 40, 'training.log_every': 20, 'training.checkpoint_every': 40,
     'training.sample_every': 0, 'training.num_grid_samples': 4,
     'training.compilation_cache': False, 'optimizer.warmup_steps': 5,
+    'optimizer.decay': 'constant',  # One compile for every step count (TINY_DIGITS).
     'sampling.num_samples': 6, 'sampling.batch_size': 4, 'eval.num_samples': 8,
     'eval.infill_spans': (1, 4), 'eval.infill_windows': 6,
 }

@@ -31,7 +31,8 @@ VARIANTS = {
         'diffusion.schedule_tau': 2.0},
     'v_bfloat16_always_self_conditioned': {
         'diffusion.prediction': 'v', 'training.compute_dtype': 'bfloat16',
-        'diffusion.self_condition_rate': 1.0},
+        'diffusion.self_condition_rate': 1.0,
+        'optimizer.decay': 'cosine'},  # The tiny configs' rate is constant (configs/tiny.py).
 }
 
 
