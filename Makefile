@@ -8,7 +8,7 @@ WORKDIR ?= runs/digits
 PYTEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption eval-text bench-peer compare
+.PHONY: install test demo train sample eval eval-fid ablate bench lint clean tokenizer eval-caption eval-text bench-peer compare bench-sampling
 
 install: $(STAMP)
 
@@ -72,6 +72,11 @@ compare: install
 
 bench: install
 	@$(PY) benchmarks/bench.py
+
+# Sampling time per sample against network calls: GGM at 64..512 calls, Bit Diffusion's DDIM at
+# 10..250 steps, the text and digits configs' networks (benchmarks/sampling_cost.py; ARGS=...).
+bench-sampling: install
+	@$(PY) benchmarks/sampling_cost.py $(ARGS)
 
 # The PyTorch port (PyPI `bit-diffusion`, lucidrains) beside ours, and our own U-Net transcribed
 # to PyTorch (eager and torch.compile, checked first to be the same network): bench_peer.py.

@@ -14,8 +14,9 @@ whose H * W * C values are read as one sequence (`tasks/images.py`).
   single-position passes instead of L passes over the whole prefix.
 - `GlauberTransformer`: the Glauber Generative Model's classifier (`ggm.py`). Non-causal, token
   embeddings of the vocabulary plus the symbol phi that marks the classified positions, the
-  step as a sinusoidal time embedding (plus a label embedding for class-conditional images),
-  and one logit per vocabulary entry at every position.
+  step as a sinusoidal time embedding (plus a label embedding for class-conditional images, or
+  cross-attention to an encoder's tokens for captions), and one logit per vocabulary entry at
+  every position.
 
 Blocks are pre-LayerNorm. With a context, each block cross-attends to it after self-attention.
 Positions enter either as a learned embedding added to the input ('learned', the paper's
@@ -274,41 +275,59 @@ class AutoregressiveTransformer(nnx.Module):
 
 class GlauberTransformer(nnx.Module):
   """GGM's classifier: (tokens_in int [B, L] in [0, vocab] with phi = vocab, time [B] in [0, 1),
-  labels int [B] or None) -> logits [B, L, vocab] of D_t(a, x_{-i}) at each position holding
-  phi; non-causal.
+  cond) -> logits [B, L, vocab] of D_t(a, x_{-i}) at each position holding phi; non-causal.
 
   The time (step t / T) enters as a sinusoidal embedding of 1000 t / T through a 2-layer MLP,
-  added to every token embedding (as `DenoisingTransformer` adds its noise level). With
-  num_classes > 0 a label embedding (num_classes rows, no null label: GGM has no guidance) is
-  added to the time embedding, as the U-Net adds its label embedding to the noise embedding.
+  added to every token embedding (as `DenoisingTransformer` adds its noise level). The
+  condition, by how the network was built:
+  - num_classes > 0: cond is the labels int [B]; a label embedding (num_classes rows, no null
+    label: GGM has no guidance) is added to the time embedding, as the U-Net adds its label
+    embedding to the noise embedding;
+  - encoder (captioning's ViT): cond is what it encodes (images), and every block
+    cross-attends to its tokens [B, N, encoder_width], as the captioners' decoders do;
+  - neither: the condition is ignored (text, unconditional images), as the denoisers ignore it.
+  The protocol of `methods/ggm.py`: `encode_condition(cond)` once per batch, then
+  `classify(tokens_in, time, encoded)` at every step; calling the module does both.
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
                num_heads: int, positions: str = 'learned', num_classes: int = 0,
-               rngs: nnx.Rngs):
+               encoder: Optional[nnx.Module] = None, encoder_width: int = 0, rngs: nnx.Rngs):
+    if encoder is not None:
+      self.encoder = encoder
+    self.has_encoder = encoder is not None
     self.token_embedding = nnx.Embed(vocab_size + 1, width, rngs=rngs)  # + phi.
     self.time_dense_0 = nnx.Linear(width, width, rngs=rngs)
     self.time_dense_1 = nnx.Linear(width, width, rngs=rngs)
     if num_classes:
       self.label_embedding = nnx.Embed(num_classes, width, rngs=rngs)
     self.num_classes = num_classes
-    self.decoder = Decoder(max_length=max_length, context_width=0, width=width, depth=depth,
-                           mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
+    self.decoder = Decoder(max_length=max_length, context_width=encoder_width, width=width,
+                           depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, causal=False,
                            positions=positions, rngs=rngs)
     self.logits_out = nnx.Linear(width, vocab_size, kernel_init=nnx.initializers.zeros_init(),
                                  rngs=rngs)
     self.phi = vocab_size
     self.width = width
 
-  def __call__(self, tokens_in: jax.Array, time: jax.Array,
-               labels: Optional[jax.Array] = None) -> jax.Array:
-    if (labels is None) != (not self.num_classes):
+  def encode_condition(self, cond=None) -> tuple[Optional[jax.Array], Optional[jax.Array]]:
+    """The condition -> (label embedding [B, D] or None, context tokens [B, N, De] or None)."""
+    if self.num_classes and cond is None:
       raise ValueError(f'This GGM classifier was built with num_classes={self.num_classes}; it '
-                       f'needs {"labels [B]" if self.num_classes else "no labels"}, got '
-                       f'{"none" if labels is None else "labels"}.')
+                       'needs labels [B], got none.')
+    labels = self.label_embedding(cond) if self.num_classes else None
+    return labels, (self.encoder(cond) if self.has_encoder else None)
+
+  def classify(self, tokens_in: jax.Array, time: jax.Array,
+               encoded: tuple[Optional[jax.Array], Optional[jax.Array]]) -> jax.Array:
+    """tokens_in int [B, L], time [B], encode_condition's output -> logits [B, L, vocab]."""
+    labels, context = encoded
     embedding = unet.sinusoidal_embedding(time * 1000.0, self.width)  # [B, D]
     embedding = self.time_dense_1(jax.nn.silu(self.time_dense_0(embedding)))
-    if self.num_classes:
-      embedding = embedding + self.label_embedding(labels)
+    if labels is not None:
+      embedding = embedding + labels
     h = self.token_embedding(tokens_in) + embedding[:, None, :]
-    return self.logits_out(self.decoder(h, None))
+    return self.logits_out(self.decoder(h, context))
+
+  def __call__(self, tokens_in: jax.Array, time: jax.Array, cond=None) -> jax.Array:
+    return self.classify(tokens_in, time, self.encode_condition(cond))

@@ -51,6 +51,9 @@ TINY_CAPTIONING = {
 # The diffusion captioner's sampler and sweep (absent from the autoregressive baseline).
 TINY_CAPTIONING_DIFFUSION = {'sampling.steps': 3, 'eval.sweep_steps': (2,),
                              'eval.sweep_td': (0.0, 1.0)}
+# The Glauber Generative Model's process on captions: one sweep of the 20 positions (20 network
+# calls a caption).
+TINY_CAPTIONING_GGM = {'ggm.num_sweeps': 1}
 
 # A text config with windows of 16 characters and a 1-layer Transformer of width 32.
 TINY_TEXT = {
@@ -137,9 +140,12 @@ def tiny_unet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def tiny_captioning(config_module, **overrides) -> ml_collections.ConfigDict:
-  """A captioning config module's config made tiny (TINY_CAPTIONING), then `overrides`."""
+  """A captioning config module's config made tiny (TINY_CAPTIONING, and the method's own
+  tiny fields), then `overrides`."""
   config = config_module.get_config()
   tiny = dict(TINY_CAPTIONING)
   if config.method == 'bit_diffusion':
     tiny.update(TINY_CAPTIONING_DIFFUSION)
+  if config.method == 'ggm':
+    tiny.update(TINY_CAPTIONING_GGM)
   return config_overrides.apply(config, {**tiny, **overrides})

@@ -334,6 +334,8 @@ CASES = [
         t, '--config=configs/text.py', '--mode=infill'), RuntimeError),
     ('GGM method on a config without its ggm section',
      lambda t: methods.create(tiny.tiny_digits(method='ggm')), ValueError),
+    ('GGM method on a caption config without its ggm section', lambda t: methods.create(
+        tiny.tiny_captioning(shapes_captioning, method='ggm')), ValueError),
     ('GGM on images with a U-Net in config.model', _ggm_on_a_unet_config, ValueError),
     ('Bit Diffusion method on a GGM config (no bits or diffusion section)',
      lambda t: methods.create(tiny.tiny_digits_ggm(method='bit_diffusion')), ValueError),

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 
 import bench  # noqa: E402
 import bench_peer  # noqa: E402
+import sampling_cost  # noqa: E402
 
 from bit_diffusion import engine  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
@@ -114,3 +115,27 @@ def test_quick_tiny_digits_bench_writes_positive_numbers(tmp_path):
   assert case['train']['conv_dot_flops_per_step'] < 2 * case['train']['flops_per_step']
   _assert_positive(sampling, ('conv_dot_flops_per_network_eval', 'conv_dot_gflops_per_sec'))
   assert sampling['conv_dot_flops_per_batch'] == 100 * sampling['conv_dot_flops_per_network_eval']
+
+
+def test_sampling_cost_times_ggm_calls_and_ddim_steps(tmp_path, capsys):
+  """benchmarks/sampling_cost.py on the tiny text configs: one row per setting, GGM's calls as
+  sweeps of L = 16, per-sample and per-call times from the same median, the table and JSON."""
+  output = tmp_path / 'cost.json'
+  report = sampling_cost.main(['--tiny', '--tasks=text', '--ggm-calls=16,32', '--ddim-steps=2',
+                               '--batch-size=4', '--repeats=2', f'--output={output}'])
+  rows = report['rows']
+  assert [(r['method'], r['network_calls']) for r in rows] == [
+      ('GGM', 16), ('GGM', 32), ('Bit Diffusion', 2)]
+  assert rows[1]['setting'] == 'heat bath, 2 sweeps of 16'
+  for r in rows:
+    assert len(r['seconds']) == 2 and r['ms_per_sample'] > 0
+    median = sorted(r['seconds'])[0] / 2 + sorted(r['seconds'])[1] / 2
+    assert abs(r['ms_per_call'] * r['network_calls'] - r['ms_per_sample'] * 4) < 1e-9 * 1000
+    assert abs(r['ms_per_sample'] - 1000 * median / 4) < 1e-9
+  assert rows[0]['num_params'] == rows[1]['num_params'] != rows[2]['num_params']
+  printed = capsys.readouterr().out
+  assert printed.count('\n| text |') == 3 and 'untrained parameters, batch 4' in printed
+  assert json.loads(output.read_text())['rows'][2]['setting'] == 'DDIM 2 steps'
+  with pytest.raises(ValueError, match='multiple of L=16'):
+    sampling_cost.main(['--tiny', '--tasks=text', '--ggm-calls=24', '--ddim-steps=2',
+                        '--batch-size=4', '--repeats=1'])

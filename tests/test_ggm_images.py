@@ -1,7 +1,7 @@
 """The Glauber Generative Model on images (digits as tokens): the tiny config trained through the
-engine, sampled, infilled and scored with the digits metrics as Bit Diffusion is; the network on
-images of any shape. Its config errors are cases of tests/test_bad_inputs.py; the math's own are
-in tests/test_ggm.py."""
+engine, sampled, infilled and scored with the digits metrics as Bit Diffusion is; a resumed run
+bit-identical to a straight one; the network on images of any shape. Its config errors are cases
+of tests/test_bad_inputs.py; the math's own are in tests/test_ggm.py."""
 
 import os
 
@@ -16,16 +16,45 @@ from bit_diffusion import image_infill
 from bit_diffusion import input_pipeline
 from bit_diffusion import methods
 from bit_diffusion import tasks
+from bit_diffusion import train_loop
 from configs import tiny
 from tests import recording
 
 
-def test_tiny_digits_ggm_trains_samples_infills_and_scores(tmp_path):
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The tiny digits GGM trained 4 steps straight through (checkpoints at 2 and 4)."""
+  tmp_path = tmp_path_factory.mktemp('ggm_digits')
   config = tiny.tiny_digits_ggm(**{
       'eval.cache_dir': str(tmp_path / 'cache'), 'eval.num_samples': 16,
       'eval.infill_images': 8, 'eval.num_batches': 1})
   workdir = str(tmp_path / 'run')
   state, losses = recording.train_recording_losses(config, workdir)
+  return config, workdir, state, losses
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_resumed_ggm_run_equals_straight_run(straight_run, tmp_path):
+  """2 steps, stop, resume to 4: bit-identical parameters, EMA and optimizer state to the
+  straight run's (GGM's loss draws its steps, contexts and labels from the step's key)."""
+  _, _, straight, _ = straight_run
+  first = train_loop.train_and_evaluate(tiny.tiny_digits_ggm(**{'training.num_steps': 2}),
+                                        str(tmp_path))
+  assert int(first.step) == 2
+  assert not all(np.array_equal(a, b) for a, b in zip(_leaves(first.params),
+                                                      _leaves(straight.params)))
+  resumed = train_loop.train_and_evaluate(tiny.tiny_digits_ggm(), str(tmp_path))
+  assert int(resumed.step) == 4
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+  for a, b in zip(_leaves(straight), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiny_digits_ggm_trains_samples_infills_and_scores(straight_run, tmp_path):
+  config, workdir, state, losses = straight_run
   assert int(state.step) == 4 and len(losses) == 2 and np.all(np.isfinite(losses))
   # The classifier starts at D = 1/2 everywhere (zero output layer): the loss is log 2.
   assert abs(losses[0] - np.log(2)) < 0.05, losses

@@ -3,7 +3,8 @@
 --mode=sample writes COCO results JSON ([{"image_id": int, "caption": str}, ...]) for the
 held-out images; --mode=eval scores them (BLEU-4, CIDEr, ROUGE-L, exact match; `scoring.py`)
 for every (steps, td) of `eval.sweep_steps` x `eval.sweep_td`, like the paper's Table 4, or
-for `config.sampling` alone when the sweep is empty (and always once for the greedy AR baseline).
+for `config.sampling` alone when the sweep is empty (and always once for the greedy AR baseline
+and for GGM's heat-bath sampler, which have no steps or td).
 """
 
 import itertools
@@ -52,16 +53,18 @@ def caption_source(model: generation.LoadedModel, source, num_images: int, rng: 
 
 
 def _setting_name(config, steps: int, td: float) -> str:
+  """'greedy' (the AR baseline), 'ddim20_td2' (Bit Diffusion), 'ggm_k1' (GGM)."""
   if config.method == 'autoregressive':
     return 'greedy'
-  return f'{config.sampling.sampler}{steps}_td{td:g}'
+  return generation.setting_name(config, steps, td)
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Captions `sampling.num_samples` held-out images; writes and returns the results path.
 
   WORKDIR/captions/results_<step>_<sampler><steps>_td<td>_n<N>_seed<S>.json ('greedy' for the
-  AR baseline); an existing file is never overwritten (..._2.json, ...: `outputs.reserve`).
+  AR baseline, 'ggm_k<k>' for GGM); an existing file is never overwritten (..._2.json, ...:
+  `outputs.reserve`).
   """
   workdir = checkpointing.ensure_writable_dir(workdir)
   model = generation.load(config, workdir, config.sampling.use_ema)
@@ -94,14 +97,14 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   model = generation.load(config, workdir, config.sampling.use_ema)
   step = model.step
   source = model.task.eval_source()
-  if config.method == 'autoregressive' or not config.eval.sweep_steps:
+  if config.method != 'bit_diffusion' or not config.eval.sweep_steps:
     settings = [_sampling_setting(config)]
   else:
     settings = list(itertools.product(config.eval.sweep_steps, config.eval.sweep_td or (0.0,)))
   results = []
   for steps, td in settings:
     start = time.time()
-    _, predictions, references = caption_source(  # The AR baseline ignores steps and td.
+    _, predictions, references = caption_source(  # AR and GGM ignore steps and td.
         model, source, config.eval.num_images, engine.seed_key(config.seed, 'eval_samples'),
         steps=int(steps), td=float(td))
     scores = scoring.score(predictions, references)
@@ -128,8 +131,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
 
 
 def _sampling_setting(config) -> tuple[int, float]:
-  """(steps, td) of config.sampling; (0, 0.0) for the autoregressive baseline, which has none."""
-  if config.method == 'autoregressive':
+  """(steps, td) of config.sampling; (0, 0.0) for the AR baseline and GGM, which have none."""
+  if config.method != 'bit_diffusion':
     return 0, 0.0
   return config.sampling.steps, config.sampling.td
 

@@ -7,7 +7,9 @@ self-conditioning estimate, [B, L, 2k], and the noise level gamma (a sinusoidal 
 1000 gamma, as the image U-Net), and predicts the bits' x0, [B, L, k].
 
 The autoregressive baseline is the same encoder and decoder stack with causal self-attention,
-token embeddings in and vocabulary logits out. The decoders are `bit_diffusion/transformer.py`'s
+token embeddings in and vocabulary logits out; the Glauber Generative Model's classifier is the
+non-causal stack with token embeddings (plus phi) and a time embedding in, vocabulary logits
+out. The decoders are `bit_diffusion/transformer.py`'s
 (shared with the text task, which has no image); this module adds the ViT.
 
 Module and parameter names of the encoder follow the big_vision / AugReg ViT (`embedding`,
@@ -94,6 +96,26 @@ class AutoregressiveCaptioner(transformer.AutoregressiveTransformer):
   """The baseline: (tokens_in int [B, L], images) -> next-token logits [B, L, vocab].
 
   The causal decoder (`transformer.AutoregressiveTransformer`) with the same ViT encoder.
+  """
+
+  def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
+               encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
+               encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
+               rngs: nnx.Rngs):
+    encoder = _vit(rngs, image_size=image_size, patch_size=patch_size,
+                   encoder_width=encoder_width, encoder_depth=encoder_depth,
+                   encoder_mlp_dim=encoder_mlp_dim, encoder_heads=encoder_heads)
+    super().__init__(vocab_size=vocab_size, max_length=max_length, width=width, depth=depth,
+                     mlp_dim=mlp_dim, num_heads=num_heads, encoder=encoder,
+                     encoder_width=encoder_width, rngs=rngs)
+
+
+class GlauberCaptioner(transformer.GlauberTransformer):
+  """The Glauber Generative Model's classifier for captions: (tokens_in int [B, L] with phi =
+  vocab_size at the classified positions, time [B], images) -> logits [B, L, vocab].
+
+  GGM's non-causal classifier (`transformer.GlauberTransformer`) with the same ViT encoder, its
+  image tokens the context every block cross-attends to; encoded once per sampled batch.
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,

@@ -4,10 +4,12 @@ Varma, Nagaraj & Shanmugam (ICLR 2025). The math (forward process, schedule, los
 reading of the paper) lives in `bit_diffusion/ggm.py`; this module supplies what the engine and
 the generation loop need. An example of any shape is one sequence of L = prod(example_shape)
 tokens over the task's `vocab_size` values (text: [L] token ids; images: [H, W, C] values in
-raster order, channels fastest), and samples are reshaped back. A task's 'glauber' network
-follows `transformer.GlauberTransformer`: network(tokens_in [B, L] with phi = vocab at the
-classified positions, time [B] = step / T, labels [B] or None) -> logits [B, L, vocab]; labels
-are the task's class labels when it has classes (class-conditional images), else None.
+raster order, channels fastest; captions: [L] token ids), and samples are reshaped back. A
+task's 'glauber' network follows `transformer.GlauberTransformer`: `encode_condition(cond)`
+once per batch, with cond the task's condition (class labels [B] of class-conditional images,
+the images [B, S, S, 3] of captions; ignored by an unconditional network: text), then at every
+network call `classify(tokens_in [B, L] with phi = vocab at the classified positions, time [B]
+= step / T, encoded) -> logits [B, L, vocab]`.
 """
 
 import math
@@ -27,7 +29,7 @@ from bit_diffusion import ggm as ggm_lib
 
 
 class GlauberGenerativeModel:
-  """GGM on the examples of `task` (example_shape, vocab_size values, num_classes labels).
+  """GGM on the examples of `task` (example_shape, vocab_size values, its condition).
 
   Attributes:
     process: the forward process (`ggm.GlauberProcess`) of `config.ggm`, on sequences of
@@ -41,7 +43,8 @@ class GlauberGenerativeModel:
     if 'ggm' not in config:
       raise ValueError(f"config.method='ggm' needs the config.ggm section (its process and "
                        f'sampler), which this {config.task} config lacks: start from a GGM '
-                       'config, configs/text_ggm.py or configs/digits_ggm.py.')
+                       'config: configs/text_ggm.py, configs/digits_ggm.py or '
+                       'configs/shapes_captioning_ggm.py.')
     self.config = config
     self.task = task
     self.example_shape = tuple(task.example_shape)
@@ -63,23 +66,25 @@ class GlauberGenerativeModel:
   def create_network(self, rng: jax.Array) -> nnx.Module:
     return self.task.create_network('glauber', rng=rng)
 
-  def logits_fn(self, graphdef: nnx.GraphDef, params: Any,
-                labels: Optional[jax.Array] = None) -> ggm_lib.LogitsFn:
-    """logits_fn(tokens_in, step) of the network with `params` (and class labels [B], when the
-    task has classes), float32 [B, L, vocab]."""
+  def logits_fn(self, graphdef: nnx.GraphDef, params: Any, cond: Any = None
+                ) -> ggm_lib.LogitsFn:
+    """logits_fn(tokens_in, step) of the network with `params` given the task's condition
+    `cond` (labels [B], caption images, or None), float32 [B, L, vocab]. The condition is
+    encoded once, here (a caption's ViT runs once per batch, not once per network call)."""
     model = nnx.merge(graphdef, params, copy=True)
+    encoded = model.encode_condition(cond)
     num_steps = self.process.num_steps
-    return lambda tokens_in, step: model(tokens_in, step / num_steps,
-                                         labels).astype(jnp.float32)
+    return lambda tokens_in, step: model.classify(tokens_in, step / num_steps,
+                                                  encoded).astype(jnp.float32)
 
   def loss(self, graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
            rng: jax.Array, batch_sharding: Optional[NamedSharding] = None
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(mean loss, {'loss', 'accuracy'} each [B]): Algorithm 1 (`ggm.loss_terms`)."""
     del batch_sharding  # The loss keeps the batch's sharding.
-    data, labels = self.task.split_batch(batch)  # [B, *example_shape]; labels [B] or None.
+    data, cond = self.task.split_batch(batch)  # [B, *example_shape]; labels, images or None.
     tokens = data.reshape(data.shape[0], -1)  # [B, L]
-    terms = ggm_lib.loss_terms(self.logits_fn(graphdef, params, labels), self.process, tokens,
+    terms = ggm_lib.loss_terms(self.logits_fn(graphdef, params, cond), self.process, tokens,
                                rng, self.positions_per_call)
     return jnp.mean(terms.loss), {'loss': terms.loss, 'accuracy': terms.accuracy}
 
@@ -87,10 +92,11 @@ class GlauberGenerativeModel:
                      infill: bool = False, **overrides) -> Callable[..., jax.Array]:
     """A jitted fn(params, rng, cond) -> int32 [B, *example_shape]: Algorithm 2 (`ggm.sample`).
 
-    cond: class labels int [B] for a task with classes, else zeros [B] that only carry the
-    batch size. The override `positions_per_call` (default config.ggm.positions_per_call, the
-    value trained with) sets the positions re-drawn per network call; other overrides (a
-    diffusion sampler's steps, td) do not apply and are ignored. infill=True: cond is (cond,
+    cond: the task's sampling condition: class labels int [B], caption images int [B, S, S, 3],
+    or zeros [B] that only carry the batch size (an unconditional network ignores them). The
+    override `positions_per_call` (default config.ggm.positions_per_call, the value trained
+    with) sets the positions re-drawn per network call; other overrides (a diffusion sampler's
+    steps, td) do not apply and are ignored. infill=True: cond is (cond,
     known int [B, *example_shape], known_mask bool [B, *example_shape]); the known values are
     kept and never re-drawn.
     """
@@ -108,8 +114,7 @@ class GlauberGenerativeModel:
       batch = jax.tree.leaves(cond)[0].shape[0]
       if known is not None:  # [B, *example_shape] -> [B, L].
         known, known_mask = known.reshape(batch, -1), known_mask.reshape(batch, -1)
-      labels = cond if self.task.num_classes else None
-      tokens = ggm_lib.sample(self.logits_fn(graphdef, params, labels), self.process, rng,
+      tokens = ggm_lib.sample(self.logits_fn(graphdef, params, cond), self.process, rng,
                               batch, positions_per_call=k, known=known, known_mask=known_mask)
       return tokens.reshape((batch,) + self.example_shape)
 

@@ -3,7 +3,8 @@
 A caption is [L] token ids (SentencePiece, EOS then padding); the image it describes is the
 conditioning. The networks (`captioning/model.py`) share a ViT encoder: a non-causal decoder
 for Bit Diffusion (kind 'denoiser'), a causal one for the autoregressive baseline (kind
-'autoregressive'). Samples are captions, written as text and scored with the COCO metrics
+'autoregressive'), a non-causal classifier for the Glauber Generative Model (kind 'glauber').
+Samples are captions, written as text and scored with the COCO metrics
 (`captioning/evaluate.py`).
 """
 
@@ -58,8 +59,8 @@ class CaptionTask:
   def create_network(self, kind: str, *, rng: jax.Array, in_channels: int = 0,
                      out_channels: int = 0, out_kernel_size: int = 1) -> nnx.Module:
     """'denoiser': DiffusionCaptioner((x_t ++ self_cond) [B, L, in_channels], gamma, images) ->
-    [B, L, out_channels]; 'autoregressive': AutoregressiveCaptioner(tokens_in, images) -> logits.
-    """
+    [B, L, out_channels]; 'autoregressive': AutoregressiveCaptioner(tokens_in, images) -> logits;
+    'glauber': GlauberCaptioner(tokens_in with phi = vocab_size, time, images) -> logits."""
     del out_kernel_size  # A Transformer has no convolution.
     kwargs = model_lib.model_kwargs(self.config)
     if kind == 'denoiser':
@@ -69,8 +70,8 @@ class CaptionTask:
       return model_lib.AutoregressiveCaptioner(vocab_size=self.vocab_size, **kwargs,
                                                rngs=nnx.Rngs(params=rng))
     if kind == 'glauber':
-      raise ValueError("config.method='ggm' on captions is not built yet (no image-conditioned "
-                       "GGM classifier); use config.method='bit_diffusion' or 'autoregressive'.")
+      return model_lib.GlauberCaptioner(vocab_size=self.vocab_size, **kwargs,
+                                        rngs=nnx.Rngs(params=rng))
     raise ValueError(f'The captioning task has no {kind!r} network.')
 
   def initial_params(self, params: Any) -> Any:
