@@ -1,0 +1,20 @@
+"""The digits without labels: configs/digits.py unconditional (no class embedding, no label
+dropout), the baseline of configs/digits_uncond_disco.py.
+
+Run:   python main.py --config=configs/digits_uncond.py --workdir=runs/digits_uncond
+       python main.py --config=configs/digits_uncond.py --workdir=runs/digits_uncond --mode=eval
+Samples are scored against real half B as the conditional model's (a classifier's features):
+an unconditional model has to get the classes' proportions right as well.
+Hardware, time and result: docs/disco.md "Digits" (2 shared AVX2 CPU cores).
+"""
+
+import ml_collections
+
+from configs import digits
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = digits.get_config()
+  config.data.class_conditional = False
+  config.diffusion.label_dropout = 0.0  # No labels to drop.
+  return config
