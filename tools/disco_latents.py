@@ -18,20 +18,23 @@ DisCo-Diff's prior alone; printed and written to WORKDIR/latents/timing_<step>.j
 
 import json
 import os
+import sys
 import time
 
-import jax
-import numpy as np
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bit_diffusion import engine
-from bit_diffusion import generation
-from bit_diffusion import input_pipeline
-from bit_diffusion import outputs
-from bit_diffusion.points import metrics
-from bit_diffusion.tasks import images as images_lib
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bit_diffusion import engine  # noqa: E402
+from bit_diffusion import generation  # noqa: E402
+from bit_diffusion import input_pipeline  # noqa: E402
+from bit_diffusion import outputs  # noqa: E402
+from bit_diffusion.points import metrics  # noqa: E402
+from bit_diffusion.tasks import images as images_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 
