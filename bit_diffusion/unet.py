@@ -19,10 +19,13 @@ The architecture follows the authors' `TransUNet` (google-research/pix2seq,
   output's logits (the authors' `outp_softmax_groups > 0` branch).
 
 Residual and attention branches are summed with their input and scaled by 1/sqrt(2). Layout is
-NHWC throughout. Parameters are float32; `dtype` is the compute dtype.
+NHWC throughout. Parameters are float32; `dtype` is the compute dtype. Not in the paper, off by
+default: a cross-attention layer after each self-attention and an offset added to the noise
+embedding, through which DisCo-Diff's latents enter (`latent_unet.py`).
 """
 
 import math
+from collections.abc import Callable
 from collections.abc import Sequence
 
 import jax
@@ -207,17 +210,21 @@ class SelfAttention(nnx.Module):
 
 
 class UNetBlock(nnx.Module):
-  """A residual block, optionally followed by self-attention."""
+  """A residual block, optionally followed by self-attention and then by a cross-attention
+  layer `cross` that reads a context (DisCo-Diff's latent tokens, `latent_unet.py`)."""
 
   def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float,
-               attention: bool, head_dim: int, dtype, rngs: nnx.Rngs):
+               attention: bool, head_dim: int, dtype, rngs: nnx.Rngs,
+               cross: nnx.Module | None = None):
     self.res = ResBlock(in_channels, out_channels, emb_dim, dropout, dtype, rngs)
     self.attn = SelfAttention(out_channels, head_dim, dtype, rngs) if attention else None
+    self.cross = cross
 
-  def __call__(self, x: jax.Array, emb: jax.Array, dropout_rng=None):
+  def __call__(self, x: jax.Array, emb: jax.Array, dropout_rng=None, context=None):
     """x: [b, h, w, c_in] -> (output [b, h, w, c_out], residual-block output before attention)."""
     h = self.res(x, emb, dropout_rng)
-    return (h if self.attn is None else self.attn(h)), h
+    out = h if self.attn is None else self.attn(h)
+    return (out if self.cross is None else self.cross(out, context)), h
 
 
 class UNet(nnx.Module):
@@ -227,7 +234,7 @@ class UNet(nnx.Module):
                base_channels: int, channel_multipliers: Sequence[int], num_res_blocks: int,
                attention_resolutions: Sequence[int], head_dim: int = 64, dropout: float = 0.0,
                num_classes: int = 0, out_kernel_size: int = 3, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               cross_attention: Callable[[int], nnx.Module] | None = None, rngs: nnx.Rngs):
     """Builds the network.
 
     Args:
@@ -247,6 +254,9 @@ class UNet(nnx.Module):
       out_kernel_size: kernel size of the zero-initialised output conv: 3, or 1 for the softmax
         output's logits (as the authors' code).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+      cross_attention: (channels) -> a layer `layer(h [b, h, w, channels], context)` placed
+        after every self-attention layer (DisCo-Diff's cross-attention to its latents,
+        `latent_unet.py`); None: none, the paper's U-Net.
       rngs: parameter initialisation randomness (not kept for dropout).
     """
     multipliers = tuple(int(m) for m in channel_multipliers)
@@ -304,7 +314,8 @@ class UNet(nnx.Module):
     self.norm_in = _group_norm(channels[0], dtype, rngs)
 
     def block(cin, cout, stage):
-      return UNetBlock(cin, cout, emb_dim, dropout, attention[stage], head_dim, dtype, rngs)
+      cross = cross_attention(cout) if cross_attention and attention[stage] else None
+      return UNetBlock(cin, cout, emb_dim, dropout, attention[stage], head_dim, dtype, rngs, cross)
 
     # Down path; skip_channels tracks what each kept skip connection carries.
     skip_channels = [channels[0]]
@@ -336,8 +347,10 @@ class UNet(nnx.Module):
     self.norm_out = _group_norm(ch, dtype, rngs)
     self.conv_out = _conv(ch, out_channels, out_kernel_size, dtype, rngs, kernel_init=_zero_init)
 
-  def embed(self, gamma: jax.Array, labels: jax.Array | None, batch: int) -> jax.Array:
-    """gamma: [b] or scalar; labels: [b] int or None. Returns the SiLU'd embedding [b, 4 * base]."""
+  def embed(self, gamma: jax.Array, labels: jax.Array | None, batch: int,
+            offset: jax.Array | None = None) -> jax.Array:
+    """gamma: [b] or scalar; labels: [b] int or None; offset: [b, 4 * base] added with the
+    label embedding, or None. Returns the SiLU'd embedding [b, 4 * base]."""
     gamma = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), (batch,))
     emb = sinusoidal_embedding(gamma * _NOISE_SCALE, self.base_channels)
     emb = self.emb_dense1(nnx.silu(self.emb_dense0(emb)))
@@ -345,6 +358,8 @@ class UNet(nnx.Module):
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
       emb = emb + self.label_emb(labels)
+    if offset is not None:
+      emb = emb + offset.astype(emb.dtype)
     return nnx.silu(emb)
 
   def encode_condition(self, labels: jax.Array | None) -> jax.Array | None:
@@ -358,7 +373,8 @@ class UNet(nnx.Module):
     return self(x, gamma, labels, dropout_rng=dropout_rng)
 
   def __call__(self, x: jax.Array, gamma: jax.Array, labels: jax.Array | None = None, *,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
+               dropout_rng: jax.Array | None = None, context=None,
+               embedding_offset: jax.Array | None = None) -> jax.Array:
     """Denoises.
 
     Args:
@@ -367,6 +383,8 @@ class UNet(nnx.Module):
       labels: [b] int in [0, num_classes]; num_classes (or None) is the null label. Only when
         num_classes > 0.
       dropout_rng: a PRNG key; dropout is active only when it is given.
+      context: what the `cross_attention` layers read (DisCo-Diff: latent tokens [b, m, D]).
+      embedding_offset: [b, 4 * base_channels] added to the noise embedding, or None.
 
     Returns:
       [b, h, w, out_channels] float32.
@@ -375,7 +393,7 @@ class UNet(nnx.Module):
       raise ValueError('labels were given but the UNet was built with num_classes=0; build it '
                        'with num_classes > 0 or pass labels=None.')
     batch = x.shape[0]
-    emb = self.embed(gamma, labels, batch)
+    emb = self.embed(gamma, labels, batch, embedding_offset)
 
     num_down = len(self.down)
     key = lambda i: None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
@@ -385,7 +403,7 @@ class UNet(nnx.Module):
     for s in range(self.num_stages):
       for j in range(self.num_res_blocks):
         i = s * self.num_res_blocks + j
-        h, pre_attention = self.down[i](h, emb, key(i))
+        h, pre_attention = self.down[i](h, emb, key(i), context)
         skips.append(pre_attention)  # As the authors' code: the skip is taken before attention.
       if s != self.num_stages - 1:
         h = self.downsample[s](h)
@@ -394,7 +412,8 @@ class UNet(nnx.Module):
     for s in reversed(range(self.num_stages)):
       for j in range(self.num_res_blocks + 1):
         i = (self.num_stages - 1 - s) * (self.num_res_blocks + 1) + j
-        h, _ = self.up[i](jnp.concatenate([h, skips.pop()], axis=-1), emb, key(num_down + i))
+        h, _ = self.up[i](jnp.concatenate([h, skips.pop()], axis=-1), emb, key(num_down + i),
+                         context)
       if s != 0:
         h = self.upsample[self.num_stages - 1 - s](_upsample2x(h))
 

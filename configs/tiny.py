@@ -9,6 +9,7 @@ import ml_collections
 from bit_diffusion import config_overrides
 from configs import cifar10
 from configs import digits
+from configs import digits_disco
 from configs import digits_ggm
 
 # configs/digits.py with a 16-channel U-Net, batch 16 and 4-step sampling.
@@ -35,6 +36,14 @@ TINY_DIGITS_GGM = {
     **{k: v for k, v in TINY_DIGITS.items() if not k.startswith(('model.', 'sampling.steps'))},
     'model.width': 32, 'model.depth': 1, 'model.mlp_dim': 64, 'model.num_heads': 2,
     'ggm.num_sweeps': 1,
+}
+
+# configs/digits_disco.py's encoder, latent Transformer, codebook and prior made small, on
+# TINY_DIGITS; the last 2 of 4 steps fit the prior.
+TINY_DIGITS_DISCO = {
+    **TINY_DIGITS, 'model.encoder_width': 8, 'model.latent_width': 16,
+    'disco.embedding_dim': 8, 'disco.prior_width': 16, 'disco.prior_steps': 2,
+    'training.num_steps': 4, 'training.checkpoint_every': 2, 'training.sample_every': 0,
 }
 
 # A captioning config with 16x16 images, a 1-layer encoder and decoder of width 32.
@@ -95,6 +104,13 @@ def tiny_digits_flags(**overrides) -> list[str]:
   """The same config as `tiny_digits(**overrides)`, as main.py flags."""
   return ['--config=configs/digits.py'] + config_overrides.as_flags(
       {**TINY_DIGITS, **overrides})
+
+
+def tiny_digits_disco(config_module=None, **overrides) -> ml_collections.ConfigDict:
+  """configs/digits_disco.py (or another DisCo-Diff digits config module) made tiny
+  (TINY_DIGITS_DISCO), then `overrides`."""
+  config = (config_module or digits_disco).get_config()
+  return config_overrides.apply(config, {**TINY_DIGITS_DISCO, **overrides})
 
 
 def tiny_digits_ggm(**overrides) -> ml_collections.ConfigDict:

@@ -211,9 +211,12 @@ class DisCo:
     return jax.jit(draw, static_argnums=2)
 
   def make_sample_fn(self, graphdef: nnx.GraphDef, mesh: Optional[Mesh] = None, *,
-                     infill: bool = False, **overrides) -> Callable[..., jax.Array]:
+                     infill: bool = False, fixed_codes: bool = False,
+                     **overrides) -> Callable[..., jax.Array]:
     """A jitted fn(params, rng, cond) -> integer samples int32 [B, *example_shape]: codes from
-    the prior, then Bit Diffusion's sampler conditioned on their embedding.
+    the prior, then Bit Diffusion's sampler conditioned on their embedding. fixed_codes: cond
+    is (the task's condition, codes int [B, m]) and those codes are used instead of the prior's
+    (tools/disco_latents.py: samples sharing a code).
 
     Overrides: those of `BitDiffusion.make_sample_fn` (sampler, steps, td, ddpm_variance,
     self_condition, trajectory), and guidance (w on the latents; default disco.guidance),
@@ -236,8 +239,11 @@ class DisCo:
       model = nnx.merge(graphdef, params, copy=True)
       batch = jax.tree.leaves(cond)[0].shape[0]
       prior_rng, diffusion_rng = jax.random.split(rng)
-      codes = autoregressive.decode_tokens(model.prior, None, prior_rng, batch, d.num_latents,
-                                           temperature)  # [B, m]
+      if fixed_codes:
+        cond, codes = cond
+      else:
+        codes = autoregressive.decode_tokens(model.prior, None, prior_rng, batch,
+                                             d.num_latents, temperature)  # [B, m]
       latents = model.embed(jax.nn.one_hot(codes, d.codebook_size))
       task_cond = cond if self.bits.uses_condition() else None
       context = model.denoiser.encode_condition((task_cond, latents))

@@ -6,6 +6,8 @@ method (bit_diffusion/methods/) asks it for a network of a kind and shape, for b
 precision/recall) is `bit_diffusion/evaluate.py`.
 
 Networks: Bit Diffusion's denoiser is the U-Net (`unet.py`, config.model holds its fields);
+DisCo-Diff's is the U-Net with cross-attention to its latents, and its latent encoder a small
+convolutional network (`latent_unet.py`, config.model's latent_* and encoder_* fields);
 the Glauber Generative Model's classifier reads an image [H, W, C] as one sequence of H * W * C
 tokens in raster order (channels fastest) over the data's values 0..data.display_max
 (`transformer.GlauberTransformer`, config.model holds width, depth, mlp_dim, num_heads and
@@ -25,6 +27,7 @@ from flax import nnx
 from PIL import Image
 
 from bit_diffusion import input_pipeline
+from bit_diffusion import latent_unet
 from bit_diffusion import transformer
 from bit_diffusion import unet
 
@@ -33,6 +36,9 @@ COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 UNET_FIELDS = ('base_channels', 'channel_multipliers', 'num_res_blocks', 'attention_resolutions',
                'head_dim')
 TRANSFORMER_FIELDS = ('width', 'depth', 'mlp_dim', 'num_heads', 'positions')
+# DisCo-Diff's latent Transformer in the U-Net (`latent_unet.py`); its encoder's fields are in
+# the method's signature.
+LATENT_FIELDS = ('latent_width', 'latent_depth', 'latent_heads', 'latent_pooled')
 DATA_FIELDS = ('image_size', 'channels', 'num_bits', 'class_conditional', 'num_classes')
 
 
@@ -76,28 +82,40 @@ class ImageTask:
                                'model': TRANSFORMER_FIELDS}
     else:
       self.SIGNATURE_FIELDS = {'data': DATA_FIELDS, 'model': UNET_FIELDS}
+    if config.method == 'disco':
+      self.SIGNATURE_FIELDS['model'] += LATENT_FIELDS
 
   def signature(self) -> dict[str, Any]:
     """Checkpoint signature entries beyond SIGNATURE_FIELDS: none."""
     return {}
 
   def create_network(self, kind: str, *, rng: jax.Array, in_channels: int = 0,
-                     out_channels: int = 0, out_kernel_size: int = 3) -> nnx.Module:
+                     out_channels: int = 0, out_kernel_size: int = 3,
+                     latent_shape: Optional[tuple[int, int]] = None, num_latents: int = 0,
+                     codebook_size: int = 0) -> nnx.Module:
     """The network of a kind, from `config.model`.
 
     'denoiser' (Bit Diffusion): the U-Net, network(x [B, H, W, in_channels], gamma [B], labels
-    [B] or None) -> [B, H, W, out_channels]. 'glauber' (GGM): the Transformer over the H * W * C
-    values, network(tokens_in int [B, H * W * C] with phi = vocab_size, time [B], labels [B] or
-    None) -> logits [B, H * W * C, vocab_size].
+    [B] or None) -> [B, H, W, out_channels]; with latent_shape (m, E) (DisCo-Diff) the
+    `latent_unet.LatentUNet`, whose condition is (labels or None, latents [B, m, E]).
+    'latent_encoder' (DisCo-Diff): `latent_unet.ConvEncoder`, clean bits [B, H, W,
+    in_channels] -> logits [B, num_latents, codebook_size]. 'glauber' (GGM): the Transformer
+    over the H * W * C values, network(tokens_in int [B, H * W * C] with phi = vocab_size,
+    time [B], labels [B] or None) -> logits [B, H * W * C, vocab_size].
     """
-    if kind not in ('denoiser', 'glauber'):
-      raise ValueError(f'The image task has no {kind!r} network (only a denoising U-Net and '
-                       "GGM's classifier); use config.method='bit_diffusion' or 'ggm'.")
+    if kind not in ('denoiser', 'glauber', 'latent_encoder'):
+      raise ValueError(f'The image task has no {kind!r} network (a denoising U-Net, '
+                       "DisCo-Diff's latent encoder and GGM's classifier); use "
+                       "config.method='bit_diffusion', 'disco' or 'ggm'.")
     fields, network = ((UNET_FIELDS, 'U-Net') if kind == 'denoiser' else
-                       (TRANSFORMER_FIELDS, 'Transformer'))
+                       (TRANSFORMER_FIELDS, 'Transformer') if kind == 'glauber' else
+                       (('encoder_width', 'encoder_depth'), 'latent encoder'))
+    if latent_shape is not None:
+      fields, network = fields + LATENT_FIELDS, 'U-Net with latents'
     missing = [f for f in fields if f not in self.config.model]
     if missing:
-      example = 'configs/digits.py' if kind == 'denoiser' else 'configs/digits_ggm.py'
+      example = ('configs/digits_ggm.py' if kind == 'glauber' else 'configs/digits_disco.py'
+                 if kind == 'latent_encoder' or latent_shape else 'configs/digits.py')
       raise ValueError(
           f'config.method={self.config.method!r} on images needs a {network} in config.model '
           f'({", ".join(fields)}); this config.model lacks {", ".join(missing)}. Start from a '
@@ -109,14 +127,23 @@ class ImageTask:
           width=model.width, depth=model.depth, mlp_dim=model.mlp_dim,
           num_heads=model.num_heads, positions=model.positions, num_classes=self.num_classes,
           rngs=rngs)
-    return unet.UNet(
+    if kind == 'latent_encoder':
+      return latent_unet.ConvEncoder(
+          in_channels=in_channels, image_size=self.config.data.image_size,
+          num_latents=num_latents, codebook_size=codebook_size, width=model.encoder_width,
+          depth=model.encoder_depth, rngs=rngs)
+    unet_args = dict(
         in_channels=in_channels, out_channels=out_channels, out_kernel_size=out_kernel_size,
         image_size=self.config.data.image_size, base_channels=model.base_channels,
         channel_multipliers=tuple(model.channel_multipliers),
         num_res_blocks=model.num_res_blocks,
         attention_resolutions=tuple(model.attention_resolutions), head_dim=model.head_dim,
-        dropout=model.dropout, num_classes=self.num_classes, dtype=compute_dtype(self.config),
-        rngs=rngs)
+        dropout=model.dropout, num_classes=self.num_classes, dtype=compute_dtype(self.config))
+    if latent_shape is None:
+      return unet.UNet(rngs=rngs, **unet_args)
+    return latent_unet.LatentUNet(
+        latent_shape=latent_shape, width=model.latent_width, depth=model.latent_depth,
+        num_heads=model.latent_heads, pooled=model.latent_pooled, rngs=rngs, **unet_args)
 
   def initial_params(self, params: Any) -> Any:
     """Randomly initialised parameters, unchanged (no pretrained parts)."""
@@ -180,16 +207,18 @@ def to_uint8(images: np.ndarray, max_value: int) -> np.ndarray:
   return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def make_grid(images: np.ndarray, max_value: int, min_cell: int = 32) -> np.ndarray:
+def make_grid(images: np.ndarray, max_value: int, min_cell: int = 32,
+              cols: int = 0) -> np.ndarray:
   """[N, H, W, C] integer images -> one uint8 [rows * H', cols * W', C] grid image.
 
   Images smaller than `min_cell` pixels are enlarged by an integer factor (nearest neighbour)
-  so that 8x8 digits stay visible; one pixel of padding separates the cells.
+  so that 8x8 digits stay visible; one pixel of padding separates the cells. cols: images per
+  row (0: a square grid, ceil(sqrt(N))).
   """
   n, height, width, channels = images.shape
   factor = max(1, math.ceil(min_cell / max(height, width)))
   images = to_uint8(images, max_value).repeat(factor, axis=1).repeat(factor, axis=2)
-  cols = math.ceil(math.sqrt(n))
+  cols = cols or math.ceil(math.sqrt(n))
   rows = math.ceil(n / cols)
   cell_h, cell_w = height * factor + 1, width * factor + 1
   grid = np.full((rows * cell_h + 1, cols * cell_w + 1, channels), 255, np.uint8)
@@ -204,9 +233,10 @@ def display_max(data_config) -> int:
   return data_config.display_max or 2**data_config.num_bits - 1
 
 
-def write_grid(path: str, images: np.ndarray, max_value: int) -> np.ndarray:
-  """Writes the grid of `images` (white = max_value) as a PNG at `path`; returns it uint8."""
-  grid = make_grid(images, max_value)
+def write_grid(path: str, images: np.ndarray, max_value: int, cols: int = 0) -> np.ndarray:
+  """Writes the grid of `images` (white = max_value; `cols` per row, 0: square) as a PNG at
+  `path`; returns it uint8."""
+  grid = make_grid(images, max_value, cols=cols)
   path = epath.Path(path)  # Local or cloud storage (gs://...).
   path.parent.mkdir(parents=True, exist_ok=True)
   with path.open('wb') as f:
