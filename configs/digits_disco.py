@@ -15,7 +15,7 @@ Why m = 2, k = 16: 16 >= 10 codes let one latent name the class where no labels 
 pair trainable and the prior (p(z1) p(z2 | z1), 16 + 256 cells) fittable from the data, while
 leaving room for style (slant, stroke width) beyond the class. The paper: m = 10, k = 100 for
 ImageNet's 1.28M images.
-Hardware and time (2 shared AVX2 CPU cores, other jobs running): 542 s for the 1,800 steps
+Hardware and time (2 shared AVX-512 EPYC cores, other jobs running): 542 s for the 1,800 steps
 (configs/digits.py: 342 s), eval 30-120 s per sampler setting. Result (seed 0, 898 samples,
 digits features): FID 10.06 at DDIM 100, 10.62 at DPM-Solver++(2M) 25 (configs/digits.py: 6.03,
 6.46): with labels the latents hurt; 4 code pairs used. docs/disco.md "Digits" has the table.
