@@ -92,11 +92,9 @@ class DiffusionCaptioner(transformer.DenoisingTransformer):
                      encoder=encoder, encoder_width=encoder_width, rngs=rngs)
 
 
-class AutoregressiveCaptioner(transformer.AutoregressiveTransformer):
-  """The baseline: (tokens_in int [B, L], images) -> next-token logits [B, L, vocab].
-
-  The causal decoder (`transformer.AutoregressiveTransformer`) with the same ViT encoder.
-  """
+class _TokenDecoderWithViT:
+  """The constructor shared by the token-input captioners: builds the ViT encoder of the images
+  and hands it, with the decoder's sizes, to the decoder class that follows in the MRO."""
 
   def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
                encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
@@ -110,24 +108,20 @@ class AutoregressiveCaptioner(transformer.AutoregressiveTransformer):
                      encoder_width=encoder_width, rngs=rngs)
 
 
-class GlauberCaptioner(transformer.GlauberTransformer):
+class AutoregressiveCaptioner(_TokenDecoderWithViT, transformer.AutoregressiveTransformer):
+  """The baseline: (tokens_in int [B, L], images) -> next-token logits [B, L, vocab].
+
+  The causal decoder (`transformer.AutoregressiveTransformer`) with the same ViT encoder.
+  """
+
+
+class GlauberCaptioner(_TokenDecoderWithViT, transformer.GlauberTransformer):
   """The Glauber Generative Model's classifier for captions: (tokens_in int [B, L] with phi =
   vocab_size at the classified positions, time [B], images) -> logits [B, L, vocab].
 
   GGM's non-causal classifier (`transformer.GlauberTransformer`) with the same ViT encoder, its
   image tokens the context every block cross-attends to; encoded once per sampled batch.
   """
-
-  def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
-               encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
-               encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
-               rngs: nnx.Rngs):
-    encoder = _vit(rngs, image_size=image_size, patch_size=patch_size,
-                   encoder_width=encoder_width, encoder_depth=encoder_depth,
-                   encoder_mlp_dim=encoder_mlp_dim, encoder_heads=encoder_heads)
-    super().__init__(vocab_size=vocab_size, max_length=max_length, width=width, depth=depth,
-                     mlp_dim=mlp_dim, num_heads=num_heads, encoder=encoder,
-                     encoder_width=encoder_width, rngs=rngs)
 
 
 def model_kwargs(config) -> dict:
