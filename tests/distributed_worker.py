@@ -1,16 +1,18 @@
 """One process of a multi-device or multi-process run, for tests/test_distributed.py.
 
-  python -m tests.distributed_worker --workdir=W --out=OUT.npz [--param_sharding=fsdp]
+  python -m tests.distributed_worker --workdir=W --out=OUT.npz [--param_sharding=replicated,fsdp]
       [--captions] [--text8_corpus=FILE]
       [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
 
 Trains the tiny digits config with train_and_evaluate, then writes the final parameters
 (gathered from all processes), the process and device counts, and the example indices this
-process read at every step, to OUT.npz. With --captions it also trains the tiny shapes
-captioner (its training previews are generated across the processes) and captions held-out
-images with `--mode=sample`'s code, whose results JSON path goes to OUT.npz as `captions`.
-With --text8_corpus it also trains configs/text8.py made tiny on that file and writes its final
-parameters as `text8_param_<i>`.
+process read at every step, to OUT.npz; with two shardings (one process start, one import of
+the library for both) the second's parameters follow as `<sharding>_param_<i>`. With
+--captions it also trains the tiny shapes captioner (its training previews are generated
+across the processes) and captions held-out images with `--mode=sample`'s code, whose
+results JSON path goes to OUT.npz as `captions`.
+With --text8_corpus it also trains configs/text8.py made tiny on that file (with the last
+sharding) and writes its final parameters as `text8_param_<i>`.
 """
 
 import os
@@ -38,7 +40,8 @@ from tests import subprocesses  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
-flags.DEFINE_string('param_sharding', 'replicated', 'training.param_sharding.')
+flags.DEFINE_list('param_sharding', ['replicated'], 'training.param_sharding: one or two, '
+                  'trained one after the other.')
 flags.DEFINE_bool('captions', False, 'Also train and sample the tiny captioner.')
 flags.DEFINE_string('text8_corpus', '', 'Also train the tiny text8 config on this text file.')
 flags.DEFINE_string('coordinator_address', '', 'HOST:PORT of process 0.')
@@ -75,11 +78,18 @@ def _gathered(params) -> list[np.ndarray]:
 def main(_):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
-  cfg = config(FLAGS.param_sharding)
+  first, *others = FLAGS.param_sharding
+  cfg = config(first)
   state = train_loop.train_and_evaluate(cfg, FLAGS.workdir)
   iterator = tasks.create(cfg).train_iterator(cfg.training.batch_size, cfg.seed)
   indices = np.stack([iterator.indices_at(step) for step in range(NUM_STEPS)])
   params = _gathered(state.params)
+  other_params = {}
+  for sharding in others:
+    other_state = train_loop.train_and_evaluate(config(sharding),
+                                                os.path.join(FLAGS.workdir, sharding))
+    other_params.update({f'{sharding}_param_{i}': p
+                         for i, p in enumerate(_gathered(other_state.params))})
   captions = ''
   if FLAGS.captions:
     caption_workdir = os.path.join(FLAGS.workdir, 'captions')
@@ -88,12 +98,12 @@ def main(_):
   text8_params = []
   if FLAGS.text8_corpus:
     text8_state = train_loop.train_and_evaluate(
-        text8_config(FLAGS.text8_corpus, FLAGS.param_sharding),
+        text8_config(FLAGS.text8_corpus, FLAGS.param_sharding[-1]),
         os.path.join(FLAGS.workdir, 'text8'))
     text8_params = _gathered(text8_state.params)
   np.savez(FLAGS.out, indices=indices, process_count=jax.process_count(),
            device_count=jax.device_count(), captions=captions,
-           **{f'param_{i}': p for i, p in enumerate(params)},
+           **{f'param_{i}': p for i, p in enumerate(params)}, **other_params,
            **{f'text8_param_{i}': p for i, p in enumerate(text8_params)})
 
 

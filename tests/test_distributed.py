@@ -80,16 +80,16 @@ def test_eight_devices_and_fsdp_match_one_device(single_device, tmp_path):
   corpus = tmp_path / 'text8_like.txt'
   corpus.write_text(' '.join(['the cat sat on the mat', 'a dog ran to the river',
                               'my friend found a small box'] * 40))
-  replicated, = _run_workers(tmp_path, 'replicated', 1, 8)
-  fsdp, = _run_workers(tmp_path, 'fsdp', 1, 8, '--param_sharding=fsdp',
-                       f'--text8_corpus={corpus}')
-  assert int(replicated['device_count']) == 8
-  _assert_close(_params(replicated), single_device)
-  _assert_close(_params(fsdp), _params(replicated))
+  # One process trains replicated, then with FSDP (one start instead of two).
+  eight, = _run_workers(tmp_path, 'eight', 1, 8, '--param_sharding=replicated,fsdp',
+                        f'--text8_corpus={corpus}')
+  assert int(eight['device_count']) == 8
+  _assert_close(_params(eight), single_device)
+  _assert_close(_params(eight, 'fsdp_param_'), _params(eight))
   # The text8 config's train step, batch and weights split over 8 devices, trains as on one.
   text8_single = train_loop.train_and_evaluate(distributed_worker.text8_config(str(corpus)),
                                                str(tmp_path / 'text8_single'))
-  _assert_close(_params(fsdp, 'text8_param_'),
+  _assert_close(_params(eight, 'text8_param_'),
                 [np.asarray(x) for x in jax.tree.leaves(jax.device_get(text8_single.params))])
 
 

@@ -14,6 +14,10 @@ from bit_diffusion.methods import autoregressive
 from configs import text_ar
 from configs import tiny
 
+# Jitted: one compile per model instead of one per operation of every eager call.
+_logits = nnx.jit(lambda model, tokens, context: model.logits(tokens, context))
+_logits_step = nnx.jit(lambda model, *args: model.logits_step(*args))
+
 
 def test_cached_decoding_equals_the_causal_pass_with_and_without_a_context():
   for context_width, positions in ((0, 'learned'), (12, 'learned'), (0, 'rotary')):
@@ -22,17 +26,17 @@ def test_cached_decoding_equals_the_causal_pass_with_and_without_a_context():
         encoder_width=context_width, positions=positions, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
     context = jax.random.normal(jax.random.key(2), (3, 5, 12)) if context_width else None
-    full = model.logits(autoregressive.shift_right(tokens, model.start_id), context)
+    full = _logits(model, autoregressive.shift_right(tokens, model.start_id), context)
     cache, token_in, steps = model.init_cache(3), jnp.full((3,), model.start_id), []
     for i in range(7):
-      logits, cache = model.logits_step(token_in, context, cache, jnp.int32(i))
+      logits, cache = _logits_step(model, token_in, context, cache, jnp.int32(i))
       steps.append(logits)
       token_in = tokens[:, i]
     np.testing.assert_allclose(jnp.stack(steps, axis=1), full, atol=1e-5)
     # Position i depends on tokens < i only: changing the last token changes no logit.
     changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 11)
     np.testing.assert_array_equal(
-        model.logits(autoregressive.shift_right(changed, model.start_id), context), full)
+        _logits(model, autoregressive.shift_right(changed, model.start_id), context), full)
 
 
 def _recomputing_sampler(graphdef, params, rng, batch, length, temperature):
