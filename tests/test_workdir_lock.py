@@ -105,7 +105,8 @@ def test_two_trainings_in_one_workdir_then_sigkill_then_a_new_run(tmp_path):
   finally:
     first.kill()
   assert os.path.exists(os.path.join(workdir, '.lock'))  # Left behind by the killed run.
-  third = test_preemption._start(workdir, str(tmp_path / 'third.log'))
+  third = test_preemption._start(workdir, str(tmp_path / 'third.log'),  # Short: 2 steps.
+                                 **{'training.num_steps': 2, 'training.num_grid_samples': 0})
   assert third.wait(timeout=300) == 0, open(tmp_path / 'third.log').read()[-3000:]
   assert 'Taking over the stale lock' in open(tmp_path / 'third.log').read()
   assert not os.path.exists(os.path.join(workdir, '.lock'))
