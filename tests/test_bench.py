@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 import bench  # noqa: E402
 import bench_peer  # noqa: E402
 import sampling_cost  # noqa: E402
+import suite_profile  # noqa: E402
 
 from bit_diffusion import engine  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
@@ -139,3 +140,28 @@ def test_sampling_cost_times_ggm_calls_and_ddim_steps(tmp_path, capsys):
   with pytest.raises(ValueError, match='multiple of L=16'):
     sampling_cost.main(['--tiny', '--tasks=text', '--ggm-calls=24', '--ddim-steps=2',
                         '--batch-size=4', '--repeats=1'])
+
+
+def test_suite_profile_records_wall_cpu_and_compiles_per_test(tmp_path):
+  """benchmarks/suite_profile.py as a pytest plugin on two tests, one of which compiles."""
+  (tmp_path / 'test_two.py').write_text(
+      'import jax\n'
+      'def test_compiles():\n'
+      '  jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready()\n'
+      'def test_sleeps():\n'
+      '  import time; time.sleep(0.5)\n')
+  profile_dir = tmp_path / 'profile'
+  env = subprocesses.env(SUITE_PROFILE_DIR=str(profile_dir),
+                         PYTHONPATH=os.path.join(REPO_ROOT, 'benchmarks'))
+  process = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-q', '-p', 'suite_profile', '-p', 'no:cacheprovider',
+       'test_two.py'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert process.returncode == 0, process.stdout[-3000:]
+  rows = {r['test']: r for r in map(json.loads, open(profile_dir / 'main.jsonl'))}
+  assert set(rows) == {'test_two.py::test_compiles', 'test_two.py::test_sleeps'}
+  assert rows['test_two.py::test_compiles']['compile'] > 0
+  assert 'compile' not in rows['test_two.py::test_sleeps']
+  assert rows['test_two.py::test_sleeps']['wall'] >= 0.5
+  summary = suite_profile.summarize(str(profile_dir))
+  assert 'test_two.py ' in summary and 'main ' in summary
+  assert summary.splitlines()[-2].endswith('test_two.py::test_sleeps')  # Slowest first.
