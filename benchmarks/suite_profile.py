@@ -37,13 +37,14 @@ def _cpu_seconds() -> tuple[float, float]:
 
 
 def pytest_configure(config):
-  del config
   global _out
   import jax  # After conftest.py has set JAX's flags.
   jax.monitoring.register_event_duration_secs_listener(_listener)
   directory = os.environ['SUITE_PROFILE_DIR']
   os.makedirs(directory, exist_ok=True)
-  worker = os.environ.get('PYTEST_XDIST_WORKER', 'main')
+  # An xdist worker has its id in `workerinput` (not from the environment, which a pytest
+  # started inside a worker inherits).
+  worker = getattr(config, 'workerinput', {}).get('workerid', 'main')
   _out = open(os.path.join(directory, f'{worker}.jsonl'), 'a')
 
 
