@@ -8,6 +8,7 @@ from flax import nnx
 
 from bit_diffusion.captioning import model
 from bit_diffusion.captioning import vit_checkpoint
+from tests import jitted
 
 SIZES = dict(max_length=10, image_size=16, patch_size=8, encoder_width=32, encoder_depth=2,
              encoder_mlp_dim=64, encoder_heads=2, width=24, depth=2, mlp_dim=48, num_heads=2)
@@ -17,7 +18,7 @@ def test_diffusion_captioner_shapes():
   net = model.DiffusionCaptioner(in_channels=14, out_channels=7, **SIZES, rngs=nnx.Rngs(0))
   x = jnp.ones((3, 10, 14))  # Noisy bits ++ self-conditioning: [B, L, 2k].
   images = jnp.zeros((3, 16, 16, 3), jnp.int32)
-  out = nnx.jit(lambda n, *args: n(*args))(net, x, jnp.full((3,), 0.5), images)
+  out = jitted.module_call(net, x, jnp.full((3,), 0.5), images)
   assert out.shape == (3, 10, 7)
   tokens = nnx.eval_shape(lambda n: n.encode_condition(images), net)
   assert tokens.shape == (3, 4, 32)  # (16/8)^2 image tokens.

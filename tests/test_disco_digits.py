@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import evaluate
@@ -20,16 +19,13 @@ from bit_diffusion import train_loop
 from bit_diffusion import unet
 from configs import digits_uncond_disco
 from configs import tiny
+from tests import jitted
 from tools import disco_latents
 
 
 def _network(config):
   method = methods.create(config)
   return method, method.create_network(jax.random.PRNGKey(0))
-
-
-# One compile per network and input shapes; eager calls compile every operation on its own.
-_apply = nnx.jit(lambda module, *args: module(*args))
 
 
 @pytest.mark.parametrize('pooled', [False, True])
@@ -48,11 +44,12 @@ def test_the_unet_reads_its_latents(pooled):
   conv_out.kernel[...] = jax.random.normal(jax.random.PRNGKey(1), conv_out.kernel.shape)
   x = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 10))
   gamma, labels = jnp.full((3,), 0.5), jnp.array([1, 2, 3])
-  outputs = [_apply(denoiser, x, gamma, (labels, network.embed(jax.nn.one_hot(codes, 16))))
+  outputs = [jitted.module_call(denoiser, x, gamma,
+                                (labels, network.embed(jax.nn.one_hot(codes, 16))))
              for codes in (jnp.zeros((3, 2), jnp.int32), jnp.ones((3, 2), jnp.int32))]
   assert outputs[0].shape == (3, 8, 8, 5)
   assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3
-  null = _apply(denoiser, x, gamma, (labels, network.null_latents(3)))
+  null = jitted.module_call(denoiser, x, gamma, (labels, network.null_latents(3)))
   assert float(jnp.abs(null - outputs[0]).max()) > 1e-3
 
 
@@ -62,10 +59,11 @@ def test_plain_unet_has_no_latent_layers_and_the_encoder_shapes():
   assert all(b.cross is None for b in list(plain.down) + list(plain.up))
   config = tiny.tiny_digits_disco(digits_uncond_disco)  # No labels.
   method, network = _network(config)
-  logits = _apply(network.encoder, method.bits.encode(jnp.zeros((4, 8, 8, 1), jnp.int32)))
+  logits = jitted.module_call(network.encoder,
+                              method.bits.encode(jnp.zeros((4, 8, 8, 1), jnp.int32)))
   assert logits.shape == (4, 2, 16) and logits.dtype == jnp.float32
-  out = _apply(network.denoiser, jnp.zeros((4, 8, 8, 10)), jnp.full((4,), 0.3),
-               (None, network.null_latents(4)))
+  out = jitted.module_call(network.denoiser, jnp.zeros((4, 8, 8, 10)), jnp.full((4,), 0.3),
+                           (None, network.null_latents(4)))
   assert out.shape == (4, 8, 8, 5)
   engine_lib.check_config(config, method, 1, 1)
 

@@ -20,6 +20,7 @@ from bit_diffusion.captioning import model as model_lib
 from configs import coco_captioning_ggm
 from configs import shapes_captioning_ggm
 from configs import tiny
+from tests import jitted
 from tests import recording
 
 
@@ -92,12 +93,11 @@ def test_caption_classifier_reads_the_image_encoded_once():
   images = jax.random.randint(jax.random.key(2), (2, 16, 16, 3), 0, 256)
   tokens = jnp.zeros((2, 20), jnp.int32).at[:, 5].set(network.phi)
   time = jnp.full((2,), 0.5)
-  apply = nnx.jit(lambda net, *args: net(*args))  # One compile, not one per eager operation.
-  logits = apply(network, tokens, time, images)
+  logits = jitted.module_call(network, tokens, time, images)
   assert logits.shape == (2, 20, method.task.vocab_size)
   assert not np.allclose(logits[0], logits[1])  # Same tokens, different images.
-  np.testing.assert_allclose(apply(network, tokens, time, images[::-1])[1], logits[0],
-                             rtol=1e-5)
+  np.testing.assert_allclose(jitted.module_call(network, tokens, time, images[::-1])[1],
+                             logits[0], rtol=1e-5)
 
   graphdef, params = nnx.split(network, nnx.Param)
   sample_fn = method.make_sample_fn(graphdef)
