@@ -21,6 +21,8 @@ import pytest
 _EVENTS = {'/jax/core/compile/backend_compile_duration': 'compile',
            '/jax/core/compile/jaxpr_trace_duration': 'trace',
            '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower'}
+# The summary's columns, as the JSON lines name them.
+_COLUMNS = ('wall', 'cpu', 'subprocess_cpu', 'compile', 'trace', 'lower')
 _seconds: dict[str, float] = {}
 _out = None
 
@@ -73,13 +75,11 @@ def summarize(directory: str, top: int = 15) -> str:
     sums = collections.defaultdict(lambda: collections.Counter())
     for row in rows:
       key = row['worker'] if group == 'worker' else row['test'].split('::')[0]
-      sums[key].update({k: row.get(k, 0.0) for k in
-                        ('wall', 'cpu', 'subprocess_cpu', 'compile', 'trace', 'lower')})
+      sums[key].update({k: row.get(k, 0.0) for k in _COLUMNS})
     lines.append(f'{group:48s} {"wall":>7s} {"cpu":>7s} {"subproc":>7s} {"compile":>7s} '
                  f'{"trace":>7s} {"lower":>7s}')
     for key, s in sorted(sums.items(), key=lambda kv: -kv[1]['wall'])[:top]:
-      lines.append(f'{key:48s} ' + ' '.join(f'{s[k]:7.1f}' for k in
-                   ('wall', 'cpu', 'subprocess_cpu', 'compile', 'trace', 'lower')))
+      lines.append(f'{key:48s} ' + ' '.join(f'{s[k]:7.1f}' for k in _COLUMNS))
     lines.append('')
   for row in sorted(rows, key=lambda r: -r['wall'])[:top]:
     lines.append(f'{row["wall"]:7.1f} s  {row["test"]}')
