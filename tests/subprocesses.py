@@ -12,11 +12,16 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(REPO, '.pytest_cache', 'jax')
 MIN_COMPILE_SECONDS = 0.5  # Compiles shorter than this are not worth a cache entry.
-# The tests compile at LLVM optimisation level 0: XLA's HLO passes (fusion, layouts, sharding)
-# are those of a user's run, only the machine code is less optimised. The tiny train step then
-# compiles in 9.1 s instead of 14.4 s (idle 2-core EPYC) and runs 2.3x slower, a good trade for
-# tests that take a few steps. Compiles are most of the suite's time.
-XLA_FLAGS = '--xla_backend_optimization_level=0'
+# Cheaper compiles for the tests (compiles are most of the suite's time). XLA's HLO passes
+# (fusion, layouts, sharding) are those of a user's run; only the emission of machine code
+# differs: LLVM at optimisation level 0; loop fusions through XLA's older LLVM IR emitters
+# instead of the MLIR fusion emitters; one LLVM module instead of 32 parts compiled in parallel
+# (two test workers already keep both cores busy). The tiny digits train step then compiles with
+# 4.0-4.7 s of CPU instead of 8.5-10.5 s (AVX2 emulation, docs/benchmarks.md); its steps run no
+# slower than the tests need. Numbers agree to float tolerance (elementwise code is emitted
+# differently).
+XLA_FLAGS = ('--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false '
+             '--xla_cpu_parallel_codegen_split_count=1')
 
 
 def xla_flags(extra: str = '') -> str:
