@@ -4,7 +4,7 @@
       [--captions] [--text8_corpus=FILE]
       [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
 
-Trains the tiny digits config with train_and_evaluate, then writes the final parameters
+Trains the tiny digits config (one-stage U-Net) with train_and_evaluate, then writes the final parameters
 (gathered from all processes), the process and device counts, and the example indices this
 process read at every step, to OUT.npz; with two shardings (one process start, one import of
 the library for both) the second's parameters follow as `<sharding>_param_<i>`. With
@@ -55,7 +55,10 @@ OVERRIDES = {'training.num_steps': NUM_STEPS, 'training.checkpoint_every': NUM_S
 
 
 def config(param_sharding='replicated'):
-  return tiny.tiny_digits(**OVERRIDES, **{'training.param_sharding': param_sharding})
+  """The tiny digits config on the one-stage U-Net (the cheapest compile: these tests check how
+  the batch, the weights and the checkpoints are split, not the network)."""
+  return tiny.tiny_unet(
+      tiny.tiny_digits(**OVERRIDES, **{'training.param_sharding': param_sharding}))
 
 
 def caption_config():
