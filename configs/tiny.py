@@ -30,6 +30,11 @@ TINY_DIGITS = {
     'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
 }
 
+# The one-stage 16-channel U-Net without attention: the cheapest compile, for tests that check
+# the machinery around the network (resumes, kills, shardings) rather than the network.
+TINY_UNET = {'model.base_channels': 16, 'model.channel_multipliers': (1,),
+             'model.num_res_blocks': 1, 'model.attention_resolutions': ()}
+
 # configs/digits_ggm.py with a 1-layer Transformer of width 32 and one sweep (64 network calls
 # a sample); the rest as TINY_DIGITS.
 TINY_DIGITS_GGM = {
@@ -152,9 +157,7 @@ def tiny_toy(config_module, **overrides) -> ml_collections.ConfigDict:
 
 def tiny_unet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` (an image config) with a one-stage 16-channel U-Net without attention."""
-  return config_overrides.apply(config, {
-      'model.base_channels': 16, 'model.channel_multipliers': (1,), 'model.num_res_blocks': 1,
-      'model.attention_resolutions': ()})
+  return config_overrides.apply(config, TINY_UNET)
 
 
 def tiny_captioning(config_module, **overrides) -> ml_collections.ConfigDict:

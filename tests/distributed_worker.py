@@ -4,9 +4,9 @@
       [--captions] [--text8_corpus=FILE]
       [--coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I]
 
-Trains the tiny digits config (one-stage U-Net) with train_and_evaluate, then writes the final parameters
-(gathered from all processes), the process and device counts, and the example indices this
-process read at every step, to OUT.npz; with two shardings (one process start, one import of
+Trains the tiny digits config (one-stage U-Net) with train_and_evaluate, then writes the final
+parameters (gathered from all processes), the process and device counts, and the example indices
+this process read at every step, to OUT.npz; with two shardings (one process start, one import of
 the library for both) the second's parameters follow as `<sharding>_param_<i>`. With
 --captions it also trains the tiny shapes captioner (its training previews are generated
 across the processes) and captions held-out images with `--mode=sample`'s code, whose

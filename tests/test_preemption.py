@@ -24,10 +24,16 @@ from tests import subprocesses
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _config(**overrides):
+  """The tiny digits config on the one-stage U-Net (the cheapest compile and trace: these tests
+  check kills, resumes and locks, not the network), then `overrides`."""
+  return tiny.tiny_digits(**tiny.TINY_UNET, **overrides)
+
+
 def _start(workdir, log_path, **overrides):
-  """Starts main.py on the tiny digits config in a subprocess; its log goes to log_path."""
+  """Starts main.py on `_config(**overrides)` in a subprocess; its log goes to log_path."""
   command = [sys.executable, 'main.py', f'--workdir={workdir}',
-             *tiny.tiny_digits_flags(**overrides)]
+             *tiny.tiny_digits_flags(**tiny.TINY_UNET, **overrides)]
   log = open(log_path, 'a')
   return subprocess.Popen(command, cwd=REPO, env=subprocesses.env(), stdout=log,
                           stderr=subprocess.STDOUT)
@@ -73,8 +79,7 @@ KILL_RUN = {'training.num_steps': 40, 'training.checkpoint_every': 4, 'training.
 
 
 def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
-  straight = train_loop.train_and_evaluate(tiny.tiny_digits(**KILL_RUN),
-                                      str(tmp_path / 'straight'))
+  straight = train_loop.train_and_evaluate(_config(**KILL_RUN), str(tmp_path / 'straight'))
   workdir, log_path = str(tmp_path / 'killed'), str(tmp_path / 'killed.log')
   logged_steps = LoggedSteps(log_path)
   rng = random.Random(0)
@@ -106,7 +111,7 @@ def test_sigkill_at_random_points_then_resume_equals_straight_run(tmp_path):
       kills += 1
   assert kills >= 3 and kills_during_save >= 1, (kills, kills_during_save)
 
-  config = tiny.tiny_digits(**KILL_RUN)
+  config = _config(**KILL_RUN)
   trainer = engine.Engine(config, methods.create(config))
   manager = checkpointing.create_manager(workdir, 20)
   assert manager.latest_step() == 40
@@ -161,9 +166,8 @@ class _NaNOnNegative(methods.bit_diffusion.BitDiffusion):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny.tiny_unet(tiny.tiny_digits(**{  # One compile of its own: the cheaper U-Net.
-      'training.num_steps': 10, 'training.log_every': 100, 'training.checkpoint_every': 2,
-      'training.max_checkpoints': 10}))
+  config = _config(**{'training.num_steps': 10, 'training.log_every': 100,
+                      'training.checkpoint_every': 2, 'training.max_checkpoints': 10})
   method = _NaNOnNegative(config, _PoisonedTask(config))
   try:
     train_loop.train_and_evaluate(config, str(tmp_path), method=method)
