@@ -19,14 +19,20 @@ SIX_STEPS = {'training.num_steps': 6, 'training.checkpoint_every': 2, 'training.
              'training.max_checkpoints': 5}
 
 
+def _config(**overrides):
+  """Six steps of the tiny digits config on the one-stage U-Net (the cheapest compile, and fewer
+  arrays for every checkpoint read: these tests damage checkpoints, not the network)."""
+  return tiny.tiny_digits(**tiny.TINY_UNET, **{**SIX_STEPS, **overrides})
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """(workdir trained to step 4 with checkpoints 2 and 4, final params of a straight 6-step
   run)."""
-  straight = train_loop.train_and_evaluate(tiny.tiny_digits(**SIX_STEPS),
+  straight = train_loop.train_and_evaluate(_config(),
                                            str(tmp_path_factory.mktemp('straight')))
   workdir = str(tmp_path_factory.mktemp('four'))
-  train_loop.train_and_evaluate(tiny.tiny_digits(**{**SIX_STEPS, 'training.num_steps': 4}),
+  train_loop.train_and_evaluate(_config(**{'training.num_steps': 4}),
                                 workdir)
   return workdir, _leaves(straight.params)
 
@@ -113,7 +119,7 @@ def test_training_resumes_from_the_previous_checkpoint_to_the_same_end(runs, tmp
 
   # Sampling reads only the EMA weights: it falls back to step 2 when the cut hit them (or the
   # meta item), else their values are intact; it leaves the broken checkpoint as it is.
-  config = tiny.tiny_digits(**SIX_STEPS)
+  config = _config()
   model = generation.load(config, copy)
   if relative_file != 'largest':
     assert model.step == 2
@@ -123,7 +129,7 @@ def test_training_resumes_from_the_previous_checkpoint_to_the_same_end(runs, tmp
   assert sorted(_files(step_dir)) == before
 
   caplog.set_level(logging.WARNING)
-  resumed = train_loop.train_and_evaluate(tiny.tiny_digits(**SIX_STEPS), copy)
+  resumed = train_loop.train_and_evaluate(_config(), copy)
   warnings = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
   assert len(warnings) >= 1 and warnings[0].startswith(f'Checkpoint 4 in {copy}')
   assert all('\n' not in w for w in warnings)
@@ -144,7 +150,7 @@ def test_no_readable_checkpoint_is_one_clear_error(runs, tmp_path):
     _truncate(os.path.join(copy, 'checkpoints', step, 'meta', 'metadata'), 3)
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'No checkpoint in .* can be read \(step 4: .*; step 2: .*\)'):
-    generation.load(tiny.tiny_digits(**SIX_STEPS), copy)
+    generation.load(_config(), copy)
   assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']  # Nothing moved.
 
 
