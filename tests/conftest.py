@@ -23,16 +23,18 @@ jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', subprocesses.MIN_COMPILE_SECONDS)
 
 # Test files that take longest (subprocesses, several compiles), longest first, as measured
-# (docs/benchmarks.md, the suite's time). pytest-xdist's `--dist loadfile` hands out whole
-# files in collection order, and by default first reorders them by their number of tests, which
-# put these few-test files last: one worker then ran them alone at the end. Longest first, the
-# short files fill in at the end and both workers finish together.
-SLOWEST_FILES = ('test_distributed.py', 'test_train.py', 'test_preemption.py', 'test_ggm.py',
-                 'test_disco_digits.py', 'test_checkpoint_recovery.py', 'test_disco.py',
-                 'test_exact_bit_diffusion.py', 'test_unet.py', 'test_digits_metrics.py',
-                 'test_config_variants.py', 'test_exact_autoregressive.py',
-                 'test_ggm_images.py', 'test_workdir_lock.py', 'test_captioning_train.py',
-                 'test_bad_inputs.py', 'test_bench.py', 'test_text_task.py')
+# (the per-file table of `python benchmarks/suite_profile.py DIR`; docs/benchmarks.md).
+# pytest-xdist's `--dist loadfile` hands out whole files in collection order, and by default
+# first reorders them by their number of tests, which put these few-test files last: one worker
+# then ran them alone at the end. Longest first, the short files fill in at the end and both
+# workers finish together.
+SLOWEST_FILES = ('test_train.py', 'test_ggm.py', 'test_distributed.py', 'test_disco_digits.py',
+                 'test_preemption.py', 'test_unet.py', 'test_exact_bit_diffusion.py',
+                 'test_digits_metrics.py', 'test_disco.py', 'test_config_variants.py',
+                 'test_ggm_images.py', 'test_checkpoint_recovery.py',
+                 'test_exact_autoregressive.py', 'test_captioning_train.py',
+                 'test_ggm_captions.py', 'test_bad_inputs.py', 'test_bench.py',
+                 'test_text_task.py')
 
 
 def pytest_configure(config):
