@@ -7,7 +7,9 @@ zero-initialised convs would otherwise make the output identically zero and hide
 look for.
 """
 
+import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +70,19 @@ def tiny():
   return graphdef, params, _apply_fn(graphdef), x, gamma
 
 
+@functools.cache
+def _abstract_model_of(items: tuple[tuple[str, Any], ...]) -> UNet:
+  return nnx.eval_shape(lambda: UNet(**dict(items), rngs=nnx.Rngs(0)))
+
+
+def _abstract_model(**kwargs) -> UNet:
+  """UNet(**kwargs) as shapes only, built once per set of arguments (the paper-sized models take
+  1-3 s each to trace; the tests below only read them)."""
+  return _abstract_model_of(tuple(sorted(kwargs.items())))
+
+
 def _abstract_count(**kwargs) -> int:
-  return count_params(nnx.eval_shape(lambda: UNet(**kwargs, rngs=nnx.Rngs(0))))
+  return count_params(_abstract_model(**kwargs))
 
 
 def test_output_shape_and_dtype(tiny):
@@ -158,7 +171,7 @@ def test_heads_per_layer_come_from_head_dim(head_dim):
 
 def test_imagenet64_heads():
   """576 and 768 channels at 16x16 and 8x8: 9 and 12 heads of 64 (4 heads before head_dim)."""
-  model = nnx.eval_shape(lambda: UNet(**IMAGENET64, rngs=nnx.Rngs(0)))
+  model = _abstract_model(**IMAGENET64)
   assert {c: a.num_heads for c, a in _attention_layers(model)} == {576: 9, 768: 12}
 
 
