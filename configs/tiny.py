@@ -31,7 +31,8 @@ TINY_DIGITS = {
 }
 
 # The one-stage 16-channel U-Net without attention: the cheapest compile, for tests that check
-# the machinery around the network (resumes, kills, shardings) rather than the network.
+# the machinery around the network (resumes, kills, shardings) rather than the network. Applied
+# by `tiny_unet`; as main.py flags, `tiny_digits_flags(**TINY_UNET, ...)`.
 TINY_UNET = {'model.base_channels': 16, 'model.channel_multipliers': (1,),
              'model.num_res_blocks': 1, 'model.attention_resolutions': ()}
 

@@ -22,7 +22,7 @@ SIX_STEPS = {'training.num_steps': 6, 'training.checkpoint_every': 2, 'training.
 def _config(**overrides):
   """Six steps of the tiny digits config on the one-stage U-Net (the cheapest compile, and fewer
   arrays for every checkpoint read: these tests damage checkpoints, not the network)."""
-  return tiny.tiny_digits(**tiny.TINY_UNET, **{**SIX_STEPS, **overrides})
+  return tiny.tiny_unet(tiny.tiny_digits(**{**SIX_STEPS, **overrides}))
 
 
 @pytest.fixture(scope='module')

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(**overrides):
   """The tiny digits config on the one-stage U-Net (the cheapest compile and trace: these tests
   check kills, resumes and locks, not the network), then `overrides`."""
-  return tiny.tiny_digits(**tiny.TINY_UNET, **overrides)
+  return tiny.tiny_unet(tiny.tiny_digits(**overrides))
 
 
 def _start(workdir, log_path, **overrides):
