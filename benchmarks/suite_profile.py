@@ -1,6 +1,8 @@
 """Where the test suite's time goes: a pytest plugin that records, per test, wall time, CPU
 time (the pytest process and its finished subprocesses) and JAX's compile, trace and lowering
-seconds; run as a script, it sums them per file and lists the slowest tests.
+seconds ('compile' counts XLA compiles and loads from the persistent cache; 'load' is the part of
+it spent loading executables that an earlier test compiled); run as a script, it sums them per
+file and lists the slowest tests.
 
   SUITE_PROFILE_DIR=/tmp/prof PYTHONPATH=benchmarks \
       PYTEST_ADDOPTS='-p suite_profile' make test
@@ -20,9 +22,10 @@ import pytest
 
 _EVENTS = {'/jax/core/compile/backend_compile_duration': 'compile',
            '/jax/core/compile/jaxpr_trace_duration': 'trace',
-           '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower'}
+           '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
+           '/jax/compilation_cache/cache_retrieval_time_sec': 'cache_load'}
 # The summary's columns, as the JSON lines name them.
-_COLUMNS = ('wall', 'cpu', 'subprocess_cpu', 'compile', 'trace', 'lower')
+_COLUMNS = ('wall', 'cpu', 'subprocess_cpu', 'compile', 'cache_load', 'trace', 'lower')
 _seconds: dict[str, float] = {}
 _out = None
 
@@ -77,7 +80,7 @@ def summarize(directory: str, top: int = 15) -> str:
       key = row['worker'] if group == 'worker' else row['test'].split('::')[0]
       sums[key].update({k: row.get(k, 0.0) for k in _COLUMNS})
     lines.append(f'{group:48s} {"wall":>7s} {"cpu":>7s} {"subproc":>7s} {"compile":>7s} '
-                 f'{"trace":>7s} {"lower":>7s}')
+                 f'{"load":>7s} {"trace":>7s} {"lower":>7s}')
     for key, s in sorted(sums.items(), key=lambda kv: -kv[1]['wall'])[:top]:
       lines.append(f'{key:48s} ' + ' '.join(f'{s[k]:7.1f}' for k in _COLUMNS))
     lines.append('')

@@ -9,6 +9,7 @@ random access from array_record files, never loaded into memory).
 """
 
 import dataclasses
+import importlib.util
 import os
 import socket
 import threading
@@ -177,13 +178,32 @@ def _array_source(images, labels, data_config, what: str) -> ArraySource:
   return ArraySource(images.astype(dtype), labels.astype(np.int32))
 
 
+def load_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 1797 handwritten digits, bundled with it (no download): images int64
+  [1797, 8, 8] with values 0..16, labels int64 [1797] with values 0..9.
+
+  Reads the file that `sklearn.datasets.load_digits` reads, `sklearn/datasets/data/
+  digits.csv.gz` (64 pixels then the label per row), without importing `sklearn.datasets`, whose
+  import (scipy.stats and more) costs about a second in every process; if that file is not
+  there (another scikit-learn layout), it asks `load_digits`. tests/test_input_pipeline.py checks
+  that both give the same arrays.
+  """
+  spec = importlib.util.find_spec('sklearn')  # Locates the package without importing it.
+  path = None
+  if spec is not None and spec.submodule_search_locations:
+    path = os.path.join(spec.submodule_search_locations[0], 'datasets', 'data', 'digits.csv.gz')
+  if path is None or not os.path.isfile(path):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return digits.images.astype(np.int64), digits.target.astype(np.int64)
+  table = np.loadtxt(path, delimiter=',')
+  return table[:, :-1].astype(np.int64).reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 def _digits_source(data_config):
   """scikit-learn's 1797 handwritten digits: 8x8 grey, values 0..16, labels 0..9."""
-  from sklearn.datasets import load_digits  # Bundled with scikit-learn: no download.
-
-  digits = load_digits()
-  images = digits.images.astype(np.int64)[..., None]  # [1797, 8, 8, 1]
-  source = _array_source(images, digits.target, data_config, 'digits')
+  images, labels = load_sklearn_digits()
+  source = _array_source(images[..., None], labels, data_config, 'digits')  # [1797, 8, 8, 1]
   return source, 10, [str(d) for d in range(10)]
 
 

@@ -45,9 +45,11 @@ TINY_DIGITS_GGM = {
 }
 
 # configs/digits_disco.py's encoder, latent Transformer, codebook and prior made small, on
-# TINY_DIGITS; the last 2 of 4 steps fit the prior.
+# TINY_DIGITS with a one-stage U-Net whose attention (and so its cross-attention to the latents)
+# runs at 8x8; the last 2 of 4 steps fit the prior.
 TINY_DIGITS_DISCO = {
-    **TINY_DIGITS, 'model.encoder_width': 8, 'model.latent_width': 16,
+    **TINY_DIGITS, 'model.channel_multipliers': (1,), 'model.attention_resolutions': (8,),
+    'model.head_dim': 16, 'model.encoder_width': 8, 'model.latent_width': 16,
     'disco.embedding_dim': 8, 'disco.prior_width': 16, 'disco.prior_steps': 2,
     'training.num_steps': 4, 'training.checkpoint_every': 2, 'training.sample_every': 0,
 }

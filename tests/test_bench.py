@@ -143,25 +143,32 @@ def test_sampling_cost_times_ggm_calls_and_ddim_steps(tmp_path, capsys):
 
 
 def test_suite_profile_records_wall_cpu_and_compiles_per_test(tmp_path):
-  """benchmarks/suite_profile.py as a pytest plugin on two tests, one of which compiles."""
-  (tmp_path / 'test_two.py').write_text(
+  """benchmarks/suite_profile.py as a pytest plugin on three tests: one compiles, one loads the
+  same executable from the persistent cache, one sleeps."""
+  (tmp_path / 'test_three.py').write_text(
       'import jax\n'
       'def test_compiles():\n'
+      '  jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready()\n'
+      'def test_loads():\n'
+      '  jax.clear_caches()  # The in-memory caches: the executable comes from the disk.\n'
       '  jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready()\n'
       'def test_sleeps():\n'
       '  import time; time.sleep(0.5)\n')
   profile_dir = tmp_path / 'profile'
   env = subprocesses.env(SUITE_PROFILE_DIR=str(profile_dir),
-                         PYTHONPATH=os.path.join(REPO_ROOT, 'benchmarks'))
+                         PYTHONPATH=os.path.join(REPO_ROOT, 'benchmarks'),
+                         JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'),
+                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   process = subprocess.run(
       [sys.executable, '-m', 'pytest', '-q', '-p', 'suite_profile', '-p', 'no:cacheprovider',
-       'test_two.py'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+       'test_three.py'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert process.returncode == 0, process.stdout[-3000:]
-  rows = {r['test']: r for r in map(json.loads, open(profile_dir / 'main.jsonl'))}
-  assert set(rows) == {'test_two.py::test_compiles', 'test_two.py::test_sleeps'}
-  assert rows['test_two.py::test_compiles']['compile'] > 0
-  assert 'compile' not in rows['test_two.py::test_sleeps']
-  assert rows['test_two.py::test_sleeps']['wall'] >= 0.5
+  rows = {r['test'].split('::')[1]: r for r in map(json.loads, open(profile_dir / 'main.jsonl'))}
+  assert set(rows) == {'test_compiles', 'test_loads', 'test_sleeps'}
+  assert rows['test_compiles']['compile'] > 0 and 'cache_load' not in rows['test_compiles']
+  loads = rows['test_loads']
+  assert 0 < loads['cache_load'] <= loads['compile']  # A load is counted as a compile too.
+  assert 'compile' not in rows['test_sleeps'] and rows['test_sleeps']['wall'] >= 0.5
   summary = suite_profile.summarize(str(profile_dir))
-  assert 'test_two.py ' in summary and 'main ' in summary
-  assert summary.splitlines()[-2].endswith('test_two.py::test_sleeps')  # Slowest first.
+  assert 'test_three.py ' in summary and 'main ' in summary and ' load ' in summary
+  assert summary.splitlines()[-3].endswith('test_three.py::test_sleeps')  # Slowest first.

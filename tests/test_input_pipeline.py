@@ -49,6 +49,20 @@ def test_digits_source():
   np.testing.assert_array_equal(np.unique(batch['labels']), np.arange(10))
 
 
+def test_digits_file_reader_equals_sklearn_load_digits(monkeypatch):
+  """The bundled file read directly, and the fallback through sklearn.datasets when the file is
+  not where this scikit-learn keeps it: both are load_digits's arrays."""
+  from sklearn.datasets import load_digits
+  expected = load_digits()
+  direct = input_pipeline.load_sklearn_digits()
+  monkeypatch.setattr(input_pipeline.importlib.util, 'find_spec', lambda name: None)
+  fallback = input_pipeline.load_sklearn_digits()
+  for images, labels in (direct, fallback):
+    assert images.shape == (1797, 8, 8) and images.dtype == labels.dtype == np.int64
+    np.testing.assert_array_equal(images, expected.images)
+    np.testing.assert_array_equal(labels, expected.target)
+
+
 def test_digits_need_five_bits():
   with pytest.raises(ValueError, match=r'example \d+ has values in \[0, 16\].*num_bits=5'):
     input_pipeline.create_source(_data_config(name='digits', image_size=8, channels=1,

@@ -24,6 +24,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from bit_diffusion import input_pipeline
 from bit_diffusion.metrics import inception
 
 VERSION = 1
@@ -52,9 +53,8 @@ class DigitsClassifier(nnx.Module):
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's digits: images float32 [1797, 8, 8, 1] in [0, 1], labels int32 [1797]."""
-  from sklearn.datasets import load_digits as sklearn_digits
-  digits = sklearn_digits()
-  return (digits.images[..., None] / 16.0).astype(np.float32), digits.target.astype(np.int32)
+  images, labels = input_pipeline.load_sklearn_digits()
+  return (images[..., None] / 16.0).astype(np.float32), labels.astype(np.int32)
 
 
 def train(num_steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int = 128
