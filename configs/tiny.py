@@ -12,10 +12,14 @@ from configs import digits
 from configs import digits_disco
 from configs import digits_ggm
 
-# configs/digits.py with a 16-channel U-Net, batch 16 and 4-step sampling.
+# configs/digits.py with a one-stage 16-channel U-Net with attention at 8x8, batch 16 and 4-step
+# sampling. One stage: the down- and upsampling stages are tests/test_unet.py's (and one config
+# variant trains them, tests/test_config_variants.py); with two stages every trace, compile and
+# cache load of the tests' many tiny runs costs 1.6 to 1.8 times as much.
 TINY_DIGITS = {
-    'model.base_channels': 16, 'model.num_res_blocks': 1,
-    'model.head_dim': 32,  # One head over the 32 channels at resolution 4.
+    'model.base_channels': 16, 'model.num_res_blocks': 1, 'model.channel_multipliers': (1,),
+    'model.attention_resolutions': (8,),
+    'model.head_dim': 16,  # One head over the 16 channels.
     'training.batch_size': 16,
     'training.num_steps': 4, 'training.log_every': 2, 'training.checkpoint_every': 2,
     'training.sample_every': 0, 'training.num_grid_samples': 8,
@@ -30,9 +34,9 @@ TINY_DIGITS = {
     'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
 }
 
-# The one-stage 16-channel U-Net without attention: the cheapest compile, for tests that check
-# the machinery around the network (resumes, kills, shardings) rather than the network. Applied
-# by `tiny_unet`; as main.py flags, `tiny_digits_flags(**TINY_UNET, ...)`.
+# TINY_DIGITS's U-Net without attention: the cheapest compile, for tests that check the
+# machinery around the network (resumes, kills, shardings) rather than the network. Applied by
+# `tiny_unet`; as main.py flags, `tiny_digits_flags(**TINY_UNET, ...)`.
 TINY_UNET = {'model.base_channels': 16, 'model.channel_multipliers': (1,),
              'model.num_res_blocks': 1, 'model.attention_resolutions': ()}
 
@@ -45,11 +49,10 @@ TINY_DIGITS_GGM = {
 }
 
 # configs/digits_disco.py's encoder, latent Transformer, codebook and prior made small, on
-# TINY_DIGITS with a one-stage U-Net whose attention (and so its cross-attention to the latents)
-# runs at 8x8; the last 2 of 4 steps fit the prior.
+# TINY_DIGITS (cross-attention to the latents after its attention at 8x8); the last 2 of 4 steps
+# fit the prior.
 TINY_DIGITS_DISCO = {
-    **TINY_DIGITS, 'model.channel_multipliers': (1,), 'model.attention_resolutions': (8,),
-    'model.head_dim': 16, 'model.encoder_width': 8, 'model.latent_width': 16,
+    **TINY_DIGITS, 'model.encoder_width': 8, 'model.latent_width': 16,
     'disco.embedding_dim': 8, 'disco.prior_width': 16, 'disco.prior_steps': 2,
     'training.num_steps': 4, 'training.checkpoint_every': 2, 'training.sample_every': 0,
 }

@@ -267,7 +267,8 @@ CASES = [
      lambda t: _engine(**{'data.image_size': 10, 'model.channel_multipliers': (1, 2, 2)}),
      ValueError),
     ('Attention resolution that never occurs',
-     lambda t: _engine(**{'model.attention_resolutions': (16,)}), ValueError),
+     lambda t: _engine(**{'model.channel_multipliers': (1, 2),  # digits.py's two stages.
+                          'model.attention_resolutions': (16,)}), ValueError),
     ('Global batch not divisible by the devices',
      lambda t: _check(tiny.tiny_digits(**{'training.batch_size': 15}), 2),
      ValueError),
