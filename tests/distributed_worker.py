@@ -29,6 +29,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
+from bit_diffusion import cpu  # noqa: E402
 from bit_diffusion import distributed  # noqa: E402
 from bit_diffusion import tasks  # noqa: E402
 from bit_diffusion import train_loop  # noqa: E402
@@ -81,6 +82,7 @@ def _gathered(params) -> list[np.ndarray]:
 def main(_):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
+  cpu.collect_garbage_less_often()  # As main.py.
   first, *others = FLAGS.param_sharding
   cfg = config(first)
   state = train_loop.train_and_evaluate(cfg, FLAGS.workdir)

@@ -1,5 +1,6 @@
 """bit_diffusion.cpu: when the process restarts with glibc's huge-page tunable, and that it
-does (a real restart in a subprocess)."""
+does (a real restart in a subprocess); the machine report; main.py's garbage-collector
+thresholds."""
 
 import os
 import subprocess
@@ -93,3 +94,13 @@ def test_machine_report_reads_model_isa_and_the_xla_restriction(tmp_path):
   cpuinfo.write_text(_CPUINFO.replace(' avx512f avx512bw avx512vl avx512_vnni', ''))
   plain = cpu.machine_report(str(cpuinfo), {})
   assert (plain['widest_isa'], plain['xla_cpu_max_isa'], plain['xla_flags']) == ('AVX2', None, '')
+
+
+def test_main_py_collects_garbage_less_often():
+  """main.py sets GC_THRESHOLDS (not Python's default) before it imports JAX."""
+  script = ('import gc, sys; default = gc.get_threshold(); sys.path.insert(0, sys.argv[1]); '
+            'import main; print(default, gc.get_threshold(), "jax" in sys.modules)')
+  result = subprocess.run([sys.executable, '-c', script, REPO_ROOT], cwd=REPO_ROOT,
+                          env={**os.environ, 'BIT_DIFFUSION_HUGEPAGES': '0'},
+                          capture_output=True, text=True, check=True)
+  assert result.stdout.strip() == f'(700, 10, 10) {cpu.GC_THRESHOLDS} False'

@@ -8,6 +8,7 @@ look for.
 """
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -76,9 +77,14 @@ def _abstract_model_of(items: tuple[tuple[str, Any], ...]) -> UNet:
 
 
 def _abstract_model(**kwargs) -> UNet:
-  """UNet(**kwargs) as shapes only, built once per set of arguments (the paper-sized models take
-  1-3 s each to trace; the tests below only read them)."""
-  return _abstract_model_of(tuple(sorted(kwargs.items())))
+  """UNet(**kwargs) as shapes only, built once per set of arguments, defaults filled in (the
+  paper-sized models take 1-3 s each to trace; the tests below only read them)."""
+  arguments = inspect.signature(UNet.__init__).bind(None, **kwargs, rngs=None)
+  arguments.apply_defaults()
+  for name in ('self', 'rngs'):
+    del arguments.arguments[name]
+  return _abstract_model_of(tuple(sorted((name, tuple(value) if isinstance(value, list) else value)
+                                         for name, value in arguments.arguments.items())))
 
 
 def _abstract_count(**kwargs) -> int:
