@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -44,12 +45,18 @@ def trained_workdir(tmp_path_factory):
 
 
 def test_resumed_run_equals_straight_run(trained_workdir, tmp_path):
-  _, straight = trained_workdir
-  workdir = str(tmp_path)
-  first = train_loop.train_and_evaluate(tiny.tiny_digits(**{'training.num_steps': 2}), workdir)
-  assert int(first.step) == 2
+  """A workdir holding the straight run's checkpoint of step 2 only (as a run stopped there
+  leaves it) resumes to step 4 with the straight run's weights. A finished run extended:
+  tests/test_ggm_images.py (the same train loop); killed or preempted runs:
+  tests/test_preemption.py."""
+  straight_workdir, straight = trained_workdir
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(os.path.join(straight_workdir, 'checkpoints'),
+                  os.path.join(workdir, 'checkpoints'))
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
   resumed = train_loop.train_and_evaluate(tiny.tiny_digits(), workdir)
   assert int(resumed.step) == 4
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   for a, b in zip(_params(straight), _params(resumed)):
     np.testing.assert_array_equal(a, b)  # Bit-identical: same keys, same batches.
 
