@@ -11,14 +11,15 @@ sharing two cores pay. docs/benchmarks.md ("The test suite's time") compares XLA
 
 import argparse
 import os
-import resource
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
+import timing  # noqa: E402  (benchmarks/, beside this file)
 
 from bit_diffusion import engine as engine_lib  # noqa: E402
 from bit_diffusion import methods  # noqa: E402
@@ -26,11 +27,6 @@ from configs import tiny  # noqa: E402
 
 CONFIGS = {'digits': tiny.tiny_digits, 'disco': tiny.tiny_digits_disco,
            'ggm': tiny.tiny_digits_ggm}
-
-
-def _cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -43,9 +39,9 @@ def main() -> None:
   state = engine.init_state(jax.random.PRNGKey(0))
   batch = engine.global_batch(next(method.task.train_iterator(config.training.batch_size, 0)))
   lowered = engine.train_step.trace(state, batch).lower()
-  wall, cpu = time.perf_counter(), _cpu_seconds()
+  wall, cpu = time.perf_counter(), timing.cpu_seconds()
   train_step = lowered.compile()
-  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  wall, cpu = time.perf_counter() - wall, timing.cpu_seconds() - cpu
   state, _ = train_step(state, batch)  # The first call; then three timed.
   jax.block_until_ready(state)
   start = time.perf_counter()

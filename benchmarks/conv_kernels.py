@@ -11,7 +11,7 @@ input and weight gradients (what the train step runs), as milliseconds per call 
 `--repeats` after a warm-up) and GFLOP/s (2 per multiply-add; the two gradients are twice the
 forward). JAX: jitted, with XLA's default CPU options (the sampler's) and with the train step's
 (`cpu.ynn_fusions`, bit_diffusion/cpu.py); PyTorch: eager (its oneDNN kernels), NCHW and
-channels_last. Prints one JSON object: the machine (bench.py's `machine` on the JAX side), then
+channels_last. Prints one JSON object: the machine (`cpu.machine_report()` on the JAX side), then
 one row per case. docs/benchmarks.md compares the two.
 """
 
@@ -20,7 +20,10 @@ import json
 import os
 import statistics
 import sys
-import time
+
+_BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_BENCHMARKS, os.path.dirname(_BENCHMARKS)]  # Run with -I: neither is on the path.
+import timing  # noqa: E402  (standard library only)
 
 # (height = width, input channels, output channels) of the bench-peer U-Net's 3x3 convolutions.
 SHAPES = ((32, 128, 128), (32, 256, 128), (16, 256, 256), (16, 512, 256), (8, 256, 256),
@@ -29,11 +32,8 @@ SHAPES = ((32, 128, 128), (32, 256, 128), (16, 256, 256), (16, 512, 256), (8, 25
 
 def _median_ms(call, repeats: int) -> float:
   call()  # Warm-up (and the compile, for JAX).
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - start)
+  seconds = timing.timed_calls(lambda _: call(), min_steps=repeats, min_seconds=0.0,
+                               max_steps=repeats)
   return statistics.median(seconds) * 1e3
 
 
@@ -48,7 +48,7 @@ def _row(framework, variant, batch, size, cin, cout, forward_ms, train_ms):
 def run_jax(batch_sizes, repeats):
   import jax
   import jax.numpy as jnp
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
   from bit_diffusion import cpu
   from configs import common
 
@@ -119,10 +119,9 @@ def main(argv=None) -> dict:
       framework = 'jax'
     except ImportError:
       framework = 'torch'
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   if framework == 'jax':
-    import bench
-    machine = bench.cpu.machine_report()
+    from bit_diffusion import cpu
+    machine = cpu.machine_report()
     rows = run_jax(batch_sizes, args.repeats)
   else:
     import torch

@@ -19,6 +19,7 @@ import sys
 import time
 
 import pytest
+import timing  # benchmarks/, beside this file (PYTHONPATH=benchmarks).
 
 _EVENTS = {'/jax/core/compile/backend_compile_duration': 'compile',
            '/jax/core/compile/jaxpr_trace_duration': 'trace',
@@ -36,9 +37,7 @@ def _listener(event: str, duration: float, **_) -> None:
 
 
 def _cpu_seconds() -> tuple[float, float]:
-  own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                        resource.RUSAGE_CHILDREN))
-  return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+  return timing.cpu_seconds(), timing.cpu_seconds(resource.RUSAGE_CHILDREN)
 
 
 def pytest_configure(config):

@@ -5,6 +5,7 @@ same_network_torch.py) both import it.
 """
 
 import argparse
+import resource
 import time
 from typing import Any
 from typing import Callable
@@ -19,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--min-steps', type=int, default=6)
   parser.add_argument('--min-seconds', type=float, default=10.0)
   parser.add_argument('--max-steps', type=int, default=50)
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+  """User plus system CPU seconds of this process (every thread), or with
+  resource.RUSAGE_CHILDREN of its finished subprocesses."""
+  usage = resource.getrusage(who)
+  return usage.ru_utime + usage.ru_stime
 
 
 def timed_calls(call: Callable[[int], Any], *, min_steps: int, min_seconds: float,

@@ -12,13 +12,18 @@ from configs import digits
 from configs import digits_disco
 from configs import digits_ggm
 
-# configs/digits.py with a one-stage 16-channel U-Net with attention at 8x8, batch 16 and 4-step
-# sampling. One stage: the down- and upsampling stages are tests/test_unet.py's (and one config
-# variant trains them, tests/test_config_variants.py); with two stages every trace, compile and
-# cache load of the tests' many tiny runs costs 1.6 to 1.8 times as much.
+# A one-stage 16-channel U-Net without attention: the cheapest compile, for tests that check the
+# machinery around the network (resumes, kills, shardings) rather than the network. Applied to
+# any image config by `tiny_unet`; as main.py flags, `tiny_digits_flags(**TINY_UNET, ...)`.
+TINY_UNET = {'model.base_channels': 16, 'model.channel_multipliers': (1,),
+             'model.num_res_blocks': 1, 'model.attention_resolutions': ()}
+
+# configs/digits.py with TINY_UNET's U-Net plus attention at 8x8, batch 16 and 4-step sampling.
+# One stage: the down- and upsampling stages are tests/test_unet.py's (and one config variant
+# trains them, tests/test_config_variants.py); with two stages every trace, compile and cache
+# load of the tests' many tiny runs costs 1.6 to 1.8 times as much.
 TINY_DIGITS = {
-    'model.base_channels': 16, 'model.num_res_blocks': 1, 'model.channel_multipliers': (1,),
-    'model.attention_resolutions': (8,),
+    **TINY_UNET, 'model.attention_resolutions': (8,),
     'model.head_dim': 16,  # One head over the 16 channels.
     'training.batch_size': 16,
     'training.num_steps': 4, 'training.log_every': 2, 'training.checkpoint_every': 2,
@@ -33,12 +38,6 @@ TINY_DIGITS = {
     'eval.num_samples': 0,  # Sample metrics: tests/test_digits_metrics.py.
     'eval.infill_images': 0,  # Infilling: tests/test_infill.py.
 }
-
-# TINY_DIGITS's U-Net without attention: the cheapest compile, for tests that check the
-# machinery around the network (resumes, kills, shardings) rather than the network. Applied by
-# `tiny_unet`; as main.py flags, `tiny_digits_flags(**TINY_UNET, ...)`.
-TINY_UNET = {'model.base_channels': 16, 'model.channel_multipliers': (1,),
-             'model.num_res_blocks': 1, 'model.attention_resolutions': ()}
 
 # configs/digits_ggm.py with a 1-layer Transformer of width 32 and one sweep (64 network calls
 # a sample); the rest as TINY_DIGITS.
@@ -134,8 +133,7 @@ def tiny_cifar10(**overrides) -> ml_collections.ConfigDict:
   attention (the cheapest compile; the U-Net's stages and attention are tests/test_unet.py's)
   and batch 4."""
   return config_overrides.apply(cifar10.get_config(), {
-      'model.base_channels': 16, 'model.num_res_blocks': 1, 'model.channel_multipliers': (1,),
-      'model.attention_resolutions': (), 'training.batch_size': 4,
+      **TINY_UNET, 'training.batch_size': 4,
       'training.num_steps': 2, 'training.log_every': 1, 'training.checkpoint_every': 2,
       'training.num_grid_samples': 2, 'training.compilation_cache': False, 'sampling.steps': 2,
       **overrides})

@@ -22,11 +22,11 @@ import jax  # noqa: E402
 from bit_diffusion import cpu  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', subprocesses.CACHE_DIR)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', subprocesses.MIN_COMPILE_SECONDS)
 # As main.py: Python's garbage collections took 7 to 8.5 s of 82 to 95 s (about 9%) of
 # test_train.py and test_disco.py run together, 1.6 to 2.5 s with these thresholds (peak memory
 # 1.9 -> 2.1 GB).
 cpu.collect_garbage_less_often()
-jax.config.update('jax_persistent_cache_min_compile_time_secs', subprocesses.MIN_COMPILE_SECONDS)
 
 # Test files that take longest (subprocesses, several compiles), longest first, as measured
 # (the per-file table of `python benchmarks/suite_profile.py DIR`; docs/benchmarks.md).
