@@ -146,11 +146,12 @@ class Trainer:
       group['lr'] = lr
     loss = self.loss(images)
     loss.backward()
-    norm = (torch.nn.utils.clip_grad_norm_(self.params, opt['grad_clip_norm'])
-            if opt['grad_clip_norm'] > 0 else torch.zeros(()))
+    with torch.profiler.record_function('clip_grad_norm'):  # Names for profile_variant.
+      norm = (torch.nn.utils.clip_grad_norm_(self.params, opt['grad_clip_norm'])
+              if opt['grad_clip_norm'] > 0 else torch.zeros(()))
     if torch.isfinite(loss) and torch.isfinite(norm):  # As ours' NaN guard.
       self.optimizer.step()
-      with torch.no_grad():
+      with torch.no_grad(), torch.profiler.record_function('ema'):
         torch._foreach_lerp_(self.ema, self.params, 1.0 - opt['ema_decay'])
     self.optimizer.zero_grad(set_to_none=True)
     self.step_count += 1
@@ -223,6 +224,93 @@ def bench_variant(variant: str, batch_size: int, spec: dict, args: argparse.Name
   return {'train': train, 'sampling': sampling}
 
 
+# The categories of benchmarks/step_profile.py (ours), plus 'normalization' (PyTorch's GroupNorm
+# kernels; XLA splits GroupNorm into reductions and elementwise fusions) and Python's time
+# between operations.
+def op_category(name: str, ancestors: list[str]) -> str:
+  """The category of one profiled PyTorch operation, from its name and its callers' names."""
+  backward = any(a.startswith('autograd::engine::evaluate_function') for a in ancestors)
+  if any(a.startswith('Optimizer.') or a == 'ema' or a == 'clip_grad_norm' for a in ancestors):
+    return 'optimizer update'
+  lowered = name.lower()
+  if 'conv' in lowered and not lowered.startswith('cpp_fused'):
+    return 'convolution, backward' if backward or 'backward' in lowered else 'convolution'
+  if any(k in lowered for k in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm',
+                                'aten::matmul', 'aten::linear', 'scaled_dot_product')):
+    return 'matrix product, backward' if backward else 'matrix product'
+  if 'group_norm' in lowered or 'var_mean' in lowered:
+    return 'normalization'
+  if any(k in lowered for k in ('aten::sum', 'aten::mean', 'aten::norm', 'aten::amax',
+                                'aten::max', 'aten::softmax', 'aten::_softmax')):
+    return 'reduction'
+  if any(k in lowered for k in ('aten::copy_', 'aten::cat', 'aten::clone', 'aten::contiguous',
+                                'aten::to', 'aten::_to_copy', 'aten::zeros', 'aten::empty',
+                                'aten::fill_', 'aten::zero_', 'aten::repeat',
+                                'aten::upsample', 'aten::constant_pad', 'aten::pad')):
+    return 'copy / layout'
+  if lowered.startswith('aten::') or lowered.startswith('cpp_fused'):
+    return 'elementwise'
+  return 'other'
+
+
+def profile_variant(variant: str, batch_size: int, spec: dict, args: argparse.Namespace) -> dict:
+  """Seconds per train step and per sampler step of one variant, by category (op_category):
+  torch.profiler's own CPU time of each operation on the calling thread (an operation's time
+  includes the intra-op threads it waits for). With `torch.compile`, Inductor's generated
+  kernels are recorded by name (cpp_fused_...)."""
+  import collections
+  if variant == 'compiled':
+    import torch._inductor.config as inductor_config
+    inductor_config.cpp.enable_kernel_profile = True
+  torch.manual_seed(0)
+  model = unet_torch.UNet(**spec['network'])
+  forward = torch.compile(model, dynamic=False) if variant == 'compiled' else model
+  trainer = Trainer(model, forward, spec)
+  c, h, w = spec['image_shape']
+  batches = [torch.randint(0, 2**spec['num_bits'], (batch_size, c, h, w)) for _ in range(2)]
+  for i in range(1 + args.warmup_steps):
+    trainer.step(batches[i % 2])
+
+  def profiled(run, steps: int) -> dict:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+      start = time.perf_counter()
+      run()
+      wall = time.perf_counter() - start
+    seconds, counts = collections.defaultdict(float), collections.defaultdict(int)
+    for event in prof.events():
+      ancestors, parent = [], event.cpu_parent
+      while parent is not None:
+        ancestors.append(parent.name)
+        parent = parent.cpu_parent
+      category = op_category(event.name, ancestors)
+      if event.self_cpu_time_total > 0 and (event.name.startswith(('aten::', 'cpp_fused',
+                                                                    'mkldnn::'))
+                                            or category != 'other'):
+        seconds[category] += event.self_cpu_time_total * 1e-6
+        counts[category] += 1
+    total = sum(seconds.values())
+    return {'steps': steps, 'wall_seconds_per_step': wall / steps,
+            'op_seconds_per_step': total / steps,
+            'categories': {k: {'seconds_per_step': v / steps, 'share': v / total,
+                               'ops_per_step': counts[k] / steps}
+                           for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}}
+
+  def train():
+    for i in range(args.profile_train_steps):
+      trainer.step(batches[i % 2])
+
+  model.train()
+  result = {'train': profiled(train, args.profile_train_steps)}
+  model.eval()
+  sample(forward, spec, batch_size, 2)  # Warm-up (compiling the inference graph, if any).
+  result['sampling'] = profiled(lambda: sample(forward, spec, batch_size, args.sample_steps),
+                                args.sample_steps)
+  for program in ('train', 'sampling'):
+    _log(f'  {variant} batch {batch_size} {program}: '
+         f'{result[program]["wall_seconds_per_step"] * 1e3:.0f} ms per step profiled')
+  return result
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--check', default='', metavar='NPZ', help="same_network.py's export.")
@@ -231,6 +319,9 @@ def main() -> int:
   parser.add_argument('--spec', default='', help='same_network.training_spec as JSON: time it.')
   timing.add_arguments(parser)
   parser.add_argument('--variants', default='eager,compiled')
+  parser.add_argument('--profile-train-steps', type=int, default=0,
+                      help='With --spec: instead of timing, profile this many train steps and '
+                      '--sample-steps sampler steps per variant and batch size, by category.')
   args = parser.parse_args()
   args.max_steps = max(args.max_steps, args.min_steps)
   report = {'versions': {'python': platform.python_version(), 'torch': torch.__version__},
@@ -248,7 +339,9 @@ def main() -> int:
       runs = {}
       for variant in [v for v in args.variants.split(',') if v]:
         _log(f'{variant}, batch {batch_size}')
-        runs[variant] = bench_variant(variant, batch_size, spec, args)
+        runs[variant] = (profile_variant(variant, batch_size, spec, args)
+                         if args.profile_train_steps else
+                         bench_variant(variant, batch_size, spec, args))
       report['batches'][str(batch_size)] = runs
     report['load_avg_end'] = list(os.getloadavg())
   print(json.dumps(report, indent=2))
