@@ -319,7 +319,9 @@ def test_cpu_ynn_fusions_change_kernels_not_results():
   tuned_engine = engine_lib.Engine(tuned_config, methods.create(tuned_config))
   plain_engine = engine_lib.Engine(plain_config, methods.create(plain_config))
   assert cpu.train_step_compiler_options(plain_config.cpu) is None
-  assert 'LIBRARY_FUSION_TYPE_ELTWISE' in str(cpu.train_step_compiler_options(tuned_config.cpu))
+  assert cpu.train_step_compiler_options(tuned_config.cpu) == {
+      'xla_cpu_experimental_ynn_fusion_type':
+          'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
   batch = tuned_engine.global_batch({
       'images': np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), dtype=np.int32),
       'labels': np.arange(16, dtype=np.int32) % 10})
