@@ -15,10 +15,12 @@ convolution over the image, is missing), and whether it belongs to the optimizer
 (engine.Engine's NaN guard, a lax.cond around Adam's update and the EMA).
 
 Prints one JSON object: per program (train step, sampler), the wall seconds per step, the sum of
-the operations' own times per step (the two can differ: the thunk executor may run independent
-operations side by side, and time between operations is in the wall only), and per category its
-seconds per step, share of the summed time and number of operations; plus the 12 slowest
-instructions. `--trace-dir` keeps the profiler's trace (TensorBoard's profile plugin reads it).
+the operations' own times per step, and per category its seconds per step, share of the summed
+time and number of operations; plus the 12 slowest instructions. The sum and the wall can
+differ: the thunk executor may run independent operations side by side; an operation that XLA
+runs asynchronously (an Eigen convolution on its intra-op threads) records only its launch;
+time between operations is in the wall only. `--trace-dir` keeps the profiler's traces and the
+optimised HLO texts (TensorBoard's profile plugin reads the traces).
 """
 
 import argparse
