@@ -4,7 +4,8 @@
   .venv-peer/bin/python -I benchmarks/same_network_torch.py --spec=SPEC --profile ...  (PyTorch)
 
 Builds bench-peer's network of ours (bench_peer.OURS: the 35.2M U-Net, the sampler on
-microbatches of 4) at one batch size, compiles the train step and a DDIM sampler of
+microbatches of 4), or with `--case` another of bench.py's cases (`digits`: the demo's), at one
+batch size, compiles the train step and a DDIM sampler of
 `--sample-steps` steps, runs each once, then again under JAX's profiler. XLA:CPU's thunk
 executor records one trace event per executed operation ('hlo_op': the instruction's name in
 the optimised HLO module). Each instruction is put in a category (`categorize`) from the
@@ -236,12 +237,15 @@ def compare(ours: dict[str, Any], torch_runs: dict[str, dict[str, Any]]) -> str:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+  parser.add_argument('--case', default=bench_peer.CASE, choices=bench.CASES,
+                      help="bench.py's case; its default, with bench_peer.OURS, is bench-peer's "
+                      'network.')
   parser.add_argument('--batch-size', type=int, default=8)
   parser.add_argument('--train-steps', type=int, default=3, help='Profiled train steps.')
   parser.add_argument('--sample-steps', type=int, default=5,
                       help='DDIM steps of the profiled sampler (0: no sampler).')
   parser.add_argument('--ours', action='append', default=[], metavar='SECTION.FIELD=VALUE',
-                      help='Changes to our config, after bench_peer.OURS.')
+                      help="Changes to the case's config (after bench_peer.OURS).")
   parser.add_argument('--trace-dir', default='', help='Keep the traces here.')
   parser.add_argument('--compare', nargs=2, metavar=('OURS_JSON', 'TORCH_JSON'),
                       help="Print the tables of this script's output against "
@@ -266,11 +270,14 @@ def main(argv: Optional[list[str]] = None) -> int:
   from bit_diffusion import methods
 
   b = args.batch_size
-  overrides = list(bench_peer.OURS) + [
-      f'training.batch_size={b}', f'sampling.batch_size={b}',
-      f'cpu.sampler_microbatch_size={bench_peer.SAMPLE_MICROBATCH}'] + args.ours
-  config = bench.build_config(bench_peer.CASE, bench.parse_args(
-      [f'--override={bench_peer.CASE}.{o}' for o in overrides]))
+  if args.case == bench_peer.CASE:  # bench-peer's network.
+    overrides = list(bench_peer.OURS) + [
+        f'cpu.sampler_microbatch_size={bench_peer.SAMPLE_MICROBATCH}']
+  else:
+    overrides = []
+  overrides += [f'training.batch_size={b}', f'sampling.batch_size={b}'] + args.ours
+  config = bench.build_config(args.case, bench.parse_args(
+      [f'--override={args.case}.{o}' for o in overrides]))
   method = methods.create(config)
   engine = engine_lib.Engine(config, method)
   report: dict[str, Any] = {'batch_size': b, 'num_params': int(engine.num_params),
