@@ -2,6 +2,7 @@
 (benchmarks/same_network.py, no torch needed), the report's arithmetic, and, where the peer venv
 exists (`make .venv-peer/.installed`), the check that the PyTorch U-Net is the same network."""
 
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,31 @@ def test_pytorch_transcription_is_the_same_network():
   bench = report['bench']['torch']
   assert bench['num_params_ours'] == bench['num_params_torch'] == 35_232_152
   assert bench['max_abs_diff_eager'] < 1e-4
+
+
+@pytest.mark.skipif(not _peer_has_torch(),
+                    reason='needs the peer venv with torch: make .venv-peer/.installed')
+def test_pytorch_profile_categories_match_step_profile_s():
+  """same_network_torch.op_category: operations by name and by their callers (autograd's
+  backward functions, the optimizer, the EMA) into benchmarks/step_profile.py's categories."""
+  import step_profile
+  cases = [('aten::mkldnn_convolution', [], 'convolution'),
+           ('aten::convolution_backward', ['autograd::engine::evaluate_function: '
+                                           'ConvolutionBackward0'], 'convolution, backward'),
+           ('aten::mm', ['autograd::engine::evaluate_function: MmBackward0'],
+            'matrix product, backward'),
+           ('aten::bmm', ['aten::matmul'], 'matrix product'),
+           ('aten::native_group_norm', [], 'normalization'),
+           ('aten::add_', ['Optimizer.step#Adam.step'], 'optimizer update'),
+           ('aten::_foreach_lerp_', ['ema'], 'optimizer update'),
+           ('aten::silu', [], 'elementwise'),
+           ('aten::cat', [], 'copy / layout'),
+           ('cpp_fused_native_group_norm_silu_3', ['CompiledFunction'], 'normalization'),
+           ('cpp_fused_add_mul_7', ['CompiledFunction'], 'elementwise')]
+  code = ('import json, sys; sys.path.insert(0, "benchmarks"); import same_network_torch as s; '
+          f'print(json.dumps([s.op_category(n, a) for n, a, _ in {cases!r}]))')
+  process = subprocess.run([PEER_PYTHON, '-I', '-c', code], cwd=REPO_ROOT, capture_output=True,
+                           text=True)
+  assert process.returncode == 0, process.stderr[-2000:]
+  assert json.loads(process.stdout) == [expected for _, _, expected in cases]
+  assert {expected for _, _, expected in cases} <= set(step_profile.CATEGORIES) | {'normalization'}
