@@ -29,6 +29,7 @@ Prints one JSON object.
 """
 
 import argparse
+import collections
 import fractions
 import json
 import math
@@ -176,14 +177,20 @@ def sample(forward, spec: dict, batch_size: int, steps: int) -> torch.Tensor:
   return decode(x0, num_bits)
 
 
-def bench_variant(variant: str, batch_size: int, spec: dict, args: argparse.Namespace) -> dict:
-  """Train step and sampler of one variant ('eager' or 'compiled') at one batch size."""
+def _variant(variant: str, batch_size: int, spec: dict):
+  """(model, forward, trainer, two batches of integer images) of one variant ('eager' or
+  'compiled': `torch.compile` of the U-Net's forward) at one batch size, seeded."""
   torch.manual_seed(0)
   model = unet_torch.UNet(**spec['network'])
   forward = torch.compile(model, dynamic=False) if variant == 'compiled' else model
-  trainer = Trainer(model, forward, spec)
   c, h, w = spec['image_shape']
   batches = [torch.randint(0, 2**spec['num_bits'], (batch_size, c, h, w)) for _ in range(2)]
+  return model, forward, Trainer(model, forward, spec), batches
+
+
+def bench_variant(variant: str, batch_size: int, spec: dict, args: argparse.Namespace) -> dict:
+  """Train step and sampler of one variant ('eager' or 'compiled') at one batch size."""
+  model, forward, trainer, batches = _variant(variant, batch_size, spec)
   train = {'batch_size': batch_size}
   start = time.perf_counter()
   trainer.step(batches[0])
@@ -213,7 +220,7 @@ def bench_variant(variant: str, batch_size: int, spec: dict, args: argparse.Name
     start = time.perf_counter()
     images = sample(forward, spec, batch_size, steps)
     batch_times.append(time.perf_counter() - start)
-  assert tuple(images.shape) == (batch_size, c, h, w)
+  assert tuple(images.shape) == (batch_size, *spec['image_shape'])
   median = statistics.median(batch_times)
   sampling.update(timed_batches=len(batch_times), batch_seconds_median=median,
                   batch_seconds_all=batch_times, seconds_per_step=median / steps,
@@ -258,16 +265,10 @@ def profile_variant(variant: str, batch_size: int, spec: dict, args: argparse.Na
   torch.profiler's own CPU time of each operation on the calling thread (an operation's time
   includes the intra-op threads it waits for). With `torch.compile`, Inductor's generated
   kernels are recorded by name (cpp_fused_...)."""
-  import collections
   if variant == 'compiled':
     import torch._inductor.config as inductor_config
     inductor_config.cpp.enable_kernel_profile = True
-  torch.manual_seed(0)
-  model = unet_torch.UNet(**spec['network'])
-  forward = torch.compile(model, dynamic=False) if variant == 'compiled' else model
-  trainer = Trainer(model, forward, spec)
-  c, h, w = spec['image_shape']
-  batches = [torch.randint(0, 2**spec['num_bits'], (batch_size, c, h, w)) for _ in range(2)]
+  model, forward, trainer, batches = _variant(variant, batch_size, spec)
   for i in range(1 + args.warmup_steps):
     trainer.step(batches[i % 2])
 

@@ -77,6 +77,11 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
   return instructions
 
 
+def module_name(text: str) -> str:
+  """The HLO module's name in optimised HLO text (the trace events' 'hlo_module')."""
+  return re.search(r'HloModule (\S+?),', text).group(1)
+
+
 def by_computation(instructions: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
   """{computation name: its instructions} of parse_hlo's result."""
   computations = collections.defaultdict(list)
@@ -193,7 +198,7 @@ def _optimized_hlo(compiled, path: str) -> tuple[dict[str, dict[str, Any]], str]
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
     f.write(text)
-  return parse_hlo(text), re.search(r'HloModule (\S+?),', text).group(1)
+  return parse_hlo(text), module_name(text)
 
 
 # The comparison's rows: the categories of both sides, grouped.

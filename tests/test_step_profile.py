@@ -76,7 +76,7 @@ def test_profile_events_name_the_program_s_instructions(compiled, tmp_path):
                                 str(tmp_path))
   text = executable.as_text()
   instructions = step_profile.parse_hlo(text)
-  module = text.split(',', 1)[0].split()[1]
+  module = step_profile.module_name(text)
   events = [e for e in step_profile.thunk_events(str(tmp_path)) if e[0] == module]
   assert events and all(op in instructions for _, op, _ in events)
   summary = step_profile.summarize(events, module, instructions, 1, wall)
