@@ -6,8 +6,8 @@
 
 Trains the tiny digits config (one-stage U-Net) with train_and_evaluate, then writes the final
 parameters (gathered from all processes), the process and device counts, and the example indices
-this process read at every step, to OUT.npz; with two shardings (one process start, one import of
-the library for both) the second's parameters follow as `<sharding>_param_<i>`. With
+this process read at every step, to OUT.npz; with several shardings (one process start, one
+import of the library for all) the later ones' parameters follow as `<sharding>_param_<i>`. With
 --captions it also trains the tiny shapes captioner (its training previews are generated
 across the processes) and captions held-out images with `--mode=sample`'s code, whose
 results JSON path goes to OUT.npz as `captions`.
@@ -41,8 +41,10 @@ from tests import subprocesses  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'Training workdir.')
 flags.DEFINE_string('out', None, 'Where to write the results (.npz).')
-flags.DEFINE_list('param_sharding', ['replicated'], 'training.param_sharding: one or two, '
-                  'trained one after the other.')
+flags.DEFINE_list('param_sharding', ['replicated'], 'training.param_sharding values, each '
+                  'trained one after the other (the second and later in WORKDIR/<value>).')
+flags.register_validator('param_sharding', lambda values: len(set(values)) == len(values),
+                         'Each --param_sharding value once: they name the runs\' workdirs.')
 flags.DEFINE_bool('captions', False, 'Also train and sample the tiny captioner.')
 flags.DEFINE_string('text8_corpus', '', 'Also train the tiny text8 config on this text file.')
 flags.DEFINE_string('coordinator_address', '', 'HOST:PORT of process 0.')
