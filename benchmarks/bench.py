@@ -185,6 +185,12 @@ def _parse_override(text: str, parser: Optional[argparse.ArgumentParser] = None
 # ---------------------------------------------------------------------------------------------
 
 
+def case_config(case: str, overrides: list[str] | tuple[str, ...] = ()):
+  """The config of `case` with `overrides` ('section.field=value', as --override without the
+  case's prefix) applied."""
+  return build_config(case, parse_args([f'--override={case}.{o}' for o in overrides]))
+
+
 def build_config(case: str, args: argparse.Namespace):
   """The config of `case`, with --tiny and --override applied."""
   from configs import cifar10

@@ -50,9 +50,7 @@ TORCH_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}  # Flax ->
 
 def build_config(size: str, ours: tuple[str, ...] = ()):
   """bench-peer's config of ours (bench_peer.OURS, then `ours`), then the size's overrides."""
-  overrides = list(bench_peer.OURS) + list(ours) + list(SIZES[size])
-  args = bench.parse_args([f'--override={bench_peer.CASE}.{o}' for o in overrides])
-  return bench.build_config(bench_peer.CASE, args)
+  return bench.case_config(bench_peer.CASE, list(bench_peer.OURS) + list(ours) + list(SIZES[size]))
 
 
 def network_kwargs(config, method) -> dict[str, Any]:

@@ -281,8 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   else:
     overrides = []
   overrides += [f'training.batch_size={b}', f'sampling.batch_size={b}'] + args.ours
-  config = bench.build_config(args.case, bench.parse_args(
-      [f'--override={args.case}.{o}' for o in overrides]))
+  config = bench.case_config(args.case, overrides)
   method = methods.create(config)
   engine = engine_lib.Engine(config, method)
   report: dict[str, Any] = {'batch_size': b, 'num_params': int(engine.num_params),

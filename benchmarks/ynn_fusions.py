@@ -45,9 +45,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     base.append(f'training.batch_size={args.batch_size}')
   steps, states = {}, {}
   for setting in args.settings:
-    overrides = base + [f'cpu.ynn_fusions={setting}']
-    config = bench.build_config(args.case, bench.parse_args(
-        [f'--override={args.case}.{o}' for o in overrides]))
+    config = bench.case_config(args.case, base + [f'cpu.ynn_fusions={setting}'])
     engine = engine_lib.Engine(config, methods.create(config))
     if not states:
       state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
