@@ -4,20 +4,21 @@ Run:   python main.py --config=configs/digits_disco.py --workdir=runs/digits_dis
        python main.py --config=configs/digits_disco.py --workdir=runs/digits_disco --mode=eval
        python tools/disco_latents.py --config=configs/digits_disco.py \
            --workdir=runs/digits_disco   # code histogram, one-code-per-row grid, ms per sample
-The same data, U-Net, batch, optimizer and 1,500 first-stage steps as configs/digits.py; a
-convolutional encoder (2 layers of 32 channels) gives the logits of the latents from the clean
-bits, relaxed by straight-through Gumbel-softmax (temperature 1) in training and dropped to a
-null embedding 10% of the time. A 1-layer Transformer of width 64 turns the latents into 2
-tokens, which the U-Net reads by cross-attention after each self-attention (the 4x4 stage), as
-the paper (`bit_diffusion/latent_unet.py`). The last 300 steps fit the latent prior only.
+The same data, U-Net, batch, optimizer and 1,500 first-stage steps as digits.two_block_config()
+(configs/digits.py until 2026-12-04: 2 residual blocks per stage); a convolutional encoder (2 layers
+of 32 channels) gives the logits of the latents from the clean bits, relaxed by straight-through
+Gumbel-softmax (temperature 1) in training and dropped to a null embedding 10% of the time. A
+1-layer Transformer of width 64 turns the latents into 2 tokens, which the U-Net reads by cross-
+attention after each self-attention (the 4x4 stage), as the paper (`bit_diffusion/latent_unet.py`).
+The last 300 steps fit the latent prior only.
 Why m = 2, k = 16: 16 >= 10 codes let one latent name the class where no labels are given
 (configs/digits_uncond_disco.py); 256 code pairs for 1,797 images (about 7 each) keep every
 pair trainable and the prior (p(z1) p(z2 | z1), 16 + 256 cells) fittable from the data, while
 leaving room for style (slant, stroke width) beyond the class. The paper: m = 10, k = 100 for
 ImageNet's 1.28M images.
 Hardware and time (2 shared AVX-512 EPYC cores, other jobs running): 542 s for the 1,800 steps
-(configs/digits.py: 342 s), eval 30-120 s per sampler setting. Result (seed 0, 898 samples,
-digits features): FID 10.06 at DDIM 100, 10.62 at DPM-Solver++(2M) 25 (configs/digits.py: 6.03,
+(digits.two_block_config(): 342 s), eval 30-120 s per sampler setting. Result (seed 0, 898 samples,
+digits features): FID 10.06 at DDIM 100, 10.62 at DPM-Solver++(2M) 25 (two_block_config: 6.03,
 6.46): with labels the latents hurt; 4 code pairs used. docs/disco.md "Digits" has the table.
 """
 
@@ -62,4 +63,4 @@ def add_disco(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return add_disco(digits.get_config())
+  return add_disco(digits.two_block_config())

@@ -13,11 +13,12 @@ per network call: 4 sweeps of 64 positions are 256 network calls per sample (bit
 ggm.py). --mode=eval scores as configs/digits.py: FID, precision and recall in the digits
 classifier's features against half B of the data, and the classifier's agreement on digits
 whose lower half was removed and filled.
-Hardware and time: training.num_steps gives the training wall time of configs/digits.py's 1,500
-steps on 2 CPU cores (the comment at the field).
+Built on digits.two_block_config() (configs/digits.py until 2026-12-04, 2 residual blocks per
+stage), the U-Net its results compare with. Hardware and time: training.num_steps gives the
+training wall time of that config's 1,500 steps on 2 CPU cores (the comment at the field).
 Measured once (2026-12-03, 2 shared AVX2 cores at load 3 to 4, seed 0, the commands above):
-training 3 min 30 s (configs/digits.py just after: 3 min 48 s); --mode=eval 3 min 54 s: FID
-210.4 (real-vs-real floor 5.17; configs/digits.py 6.02), precision 0.335 and recall 0.369
+training 3 min 30 s (two_block_config just after: 3 min 48 s); --mode=eval 3 min 54 s: FID
+210.4 (real-vs-real floor 5.17; two_block_config 6.02), precision 0.335 and recall 0.369
 (0.78 and 0.90), infill agreement 0.562 (0.978; another digit's lower half gives 0.332). The
 samples have the digits' dark borders and vertical strokes, few readable digits: each training
 example classifies one position (ggm.positions_per_call=1) where Bit Diffusion's loss covers all
@@ -31,7 +32,7 @@ from configs import digits
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = digits.get_config()
+  config = digits.two_block_config()
   config.method = 'ggm'
   common.remove_bit_diffusion_fields(config)  # Keeps data.num_bits: the values' range.
 
@@ -49,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.positions = 'learned'
 
   config.ggm = common.ggm_config(num_sweeps=4)
-  # The training wall time of configs/digits.py's 1,500 steps, previews included: measured with
+  # The training wall time of two_block_config's 1,500 steps, previews included: measured with
   # benchmarks/equal_time.py (both train steps in alternating rounds in one process, 2 shared
   # CPU cores, 2026-12-03): 9.4 against 9.3 steps/s, a 100-digit preview 9.5 against 6.6 s
   # (256 network calls against 100); 1,461 and 1,423 steps in two runs.

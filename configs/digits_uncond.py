@@ -1,5 +1,6 @@
-"""The digits without labels: configs/digits.py unconditional (no class embedding, no label
-dropout), the baseline of configs/digits_uncond_disco.py.
+"""The digits without labels: `digits.two_block_config()` (configs/digits.py's U-Net with 2
+residual blocks per stage, 1,500 steps) unconditional (no class embedding, no label dropout), the
+baseline of configs/digits_uncond_disco.py.
 
 Run:   python main.py --config=configs/digits_uncond.py --workdir=runs/digits_uncond
        python main.py --config=configs/digits_uncond.py --workdir=runs/digits_uncond --mode=eval
@@ -15,7 +16,7 @@ from configs import digits
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = digits.get_config()
+  config = digits.two_block_config()
   config.data.class_conditional = False
   config.diffusion.label_dropout = 0.0  # No labels to drop.
   return config
