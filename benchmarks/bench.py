@@ -5,7 +5,7 @@
   .venv/bin/python benchmarks/bench.py --override=cifar10_small.model.base_channels=128
 
 Cases (each runs in a fresh subprocess, so peak memory and compile times are per case):
-  digits            configs/digits.py as is (batch 64; sampling 100 images per batch).
+  digits            configs/digits.py as is (the demo: batch 32; sampling 100 images per batch).
   cifar10_small     configs/cifar10.py at CPU width: base_channels=64, num_res_blocks=2, batch 8.
   imagenet64_shape  configs/imagenet64.py at batch 2: parameter count, and the lowering, compile
                     and XLA FLOPs of one train step, with nothing allocated; `--full` also
