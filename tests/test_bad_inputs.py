@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from bit_diffusion import analog_bits
@@ -113,6 +114,14 @@ def _ggm_on_a_unet_config(tmp):
     config.method = 'ggm'
     config.ggm = common.ggm_config(num_sweeps=1)
   methods.create(config).create_network(jax.random.key(0))
+
+
+def _guidance_without_label_dropout(tmp):
+  del tmp
+  config = tiny.tiny_digits(**{'diffusion.label_dropout': 0.0})
+  method = methods.create(config)
+  graphdef, _ = nnx.split(method.create_network(jax.random.key(0)))
+  method.make_sample_fn(graphdef, guidance=1.0)
 
 
 def _corrupt_folder(tmp):
@@ -347,6 +356,8 @@ CASES = [
      lambda t: tasks.create(tiny.tiny_digits(**{'data.display_max': 40})), ValueError),
     ('Bit Diffusion guidance set on the GGM digits config, on the command line', lambda t: _cli(
         t, '--config=configs/digits_ggm.py', '--config.sampling.guidance=1.0'), RuntimeError),
+    ('Sampling with guidance from a model trained without label dropout (the demo config)',
+     _guidance_without_label_dropout, ValueError),
     ('DisCo-Diff with no latents', lambda t: methods.create(
         tiny.tiny_toy(toy_disco, **{'disco.num_latents': 0})), ValueError),
     ('DisCo-Diff with a codebook of 0 codes', lambda t: methods.create(

@@ -187,6 +187,12 @@ class BitDiffusion:
     if guidance and not self.task.num_classes:
       raise ValueError('Classifier-free guidance needs a class-conditional model '
                        '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
+    if guidance and not self.diffusion.label_dropout:
+      raise ValueError(f'Guidance {guidance} needs a model trained with diffusion.label_dropout > '
+                       '0: this config trains without it, so the model never learned the '
+                       'unconditional prediction that guidance subtracts. Sample with '
+                       'sampling.guidance=0, or train with e.g. '
+                       '--config.diffusion.label_dropout=0.1.')
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
