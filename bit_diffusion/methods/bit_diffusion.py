@@ -66,10 +66,7 @@ class BitDiffusion:
   def check(self, num_devices: int) -> None:
     """Errors of the method's config fields that need no data and no compile."""
     config, diffusion = self.config, self.diffusion
-    guidance = config.sampling.get('guidance', 0.0)
-    if guidance and not diffusion.label_dropout:
-      raise ValueError('sampling.guidance > 0 needs a model trained with diffusion.label_dropout '
-                       '> 0 (it learns the unconditional model from dropped labels).')
+    self._check_guidance(config.sampling.get('guidance', 0.0))
     if diffusion.label_dropout and not self.task.num_classes:
       raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
     if diffusion.position_noise_rate and len(self.task.example_shape) != 1:
@@ -96,6 +93,17 @@ class BitDiffusion:
   def infill_methods(self) -> tuple[str, ...]:
     """The infilling methods this model supports: 'clean' needs training with position noise."""
     return ('replace', 'clean') if self.diffusion.position_noise_rate else ('replace',)
+
+  def _check_guidance(self, guidance: float) -> None:
+    """Errors of classifier-free guidance w: at training's config check and at every sampler."""
+    if guidance and not self.task.num_classes:
+      raise ValueError('Classifier-free guidance needs a class-conditional model '
+                       '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
+    if guidance and not self.diffusion.label_dropout:
+      raise ValueError(f'Guidance {guidance} needs a model trained with diffusion.label_dropout > '
+                       '0: without it the model never learns the unconditional prediction that '
+                       'guidance subtracts. Sample with sampling.guidance=0, or train with e.g. '
+                       '--config.diffusion.label_dropout=0.1.')
 
   def _check_infill_method(self, name: str) -> None:
     if name not in samplers.INFILL_METHODS:
@@ -184,15 +192,7 @@ class BitDiffusion:
                                  self.config.sampling.get('infill_method', 'replace'))
     trajectory = settings.pop('trajectory', False)
     self._check_infill_method(infill_method)
-    if guidance and not self.task.num_classes:
-      raise ValueError('Classifier-free guidance needs a class-conditional model '
-                       '(data.class_conditional=True, trained with diffusion.label_dropout > 0).')
-    if guidance and not self.diffusion.label_dropout:
-      raise ValueError(f'Guidance {guidance} needs a model trained with diffusion.label_dropout > '
-                       '0: this config trains without it, so the model never learned the '
-                       'unconditional prediction that guidance subtracts. Sample with '
-                       'sampling.guidance=0, or train with e.g. '
-                       '--config.diffusion.label_dropout=0.1.')
+    self._check_guidance(guidance)
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):

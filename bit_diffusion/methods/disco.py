@@ -107,11 +107,16 @@ class DisCo:
       raise ValueError(f'disco.prior_steps={d.prior_steps} must lie in [1, training.num_steps='
                        f'{num_steps}): the last prior_steps steps fit the prior to the codes of '
                        'the trained, frozen encoder (the second stage).')
-    if d.guidance and not d.latent_dropout:
-      raise ValueError('disco.guidance > 0 needs a model trained with disco.latent_dropout > 0 '
-                       '(it learns the denoiser without latents from dropped ones).')
+    self._check_guidance(d.guidance)
     if not d.prior_temperature >= 0:
       raise ValueError(f'disco.prior_temperature={d.prior_temperature} must be >= 0 (0: argmax).')
+
+  def _check_guidance(self, guidance: float) -> None:
+    """Guidance w on the latents: at training's config check and at every sampler."""
+    if guidance and not self.config.disco.latent_dropout:
+      raise ValueError(f'Guidance {guidance} on the latents needs a model trained with '
+                       'disco.latent_dropout > 0 (it learns the denoiser without latents from '
+                       'dropped ones).')
 
   def check_restored(self, step: int) -> None:
     """Refuses to sample from a checkpoint saved before the prior's stage ended."""
@@ -230,9 +235,7 @@ class DisCo:
     guidance = settings.pop('guidance', d.guidance)
     temperature = settings.pop('prior_temperature', d.prior_temperature)
     trajectory = settings.pop('trajectory', False)
-    if guidance and not d.latent_dropout:
-      raise ValueError('Guidance on the latents needs a model trained with '
-                       'disco.latent_dropout > 0.')
+    self._check_guidance(guidance)
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
