@@ -6,6 +6,7 @@ tests/subprocesses.py (cheaper compiles). Tests that need several CPU devices ru
 subprocess with more XLA_FLAGS.
 """
 
+import fcntl
 import os
 import sys
 
@@ -18,6 +19,7 @@ from tests import subprocesses  # noqa: E402
 os.environ['XLA_FLAGS'] = subprocesses.xla_flags()  # Before JAX starts its CPU backend.
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from bit_diffusion import cpu  # noqa: E402
 
@@ -54,3 +56,22 @@ def pytest_collection_modifyitems(items):
     name = os.path.basename(str(item.path))
     return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
   items.sort(key=rank)
+
+
+@pytest.fixture(scope='session')
+def digits_classifier_file(tmp_path_factory) -> str:
+  """The digits metrics' classifier (bit_diffusion/metrics/digits_classifier.py), trained once
+  per test run (about 15 s of CPU) for every test that scores digits, whichever pytest-xdist
+  worker asks first: the workers of one run share the parent of their base temporary
+  directories, and a file lock makes the others wait for the first's file."""
+  from bit_diffusion.metrics import digits_classifier
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # Shared by the workers of this run (pytest-xdist's documented recipe).
+  shared = root / 'digits_classifier'
+  shared.mkdir(exist_ok=True)
+  with open(shared / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    digits_classifier.load_or_train(str(shared))
+  return digits_classifier.cache_path(str(shared))
+

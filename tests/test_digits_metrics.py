@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,9 +25,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  """A cache with the digits classifier trained once (about 5 s) for this module."""
-  return str(tmp_path_factory.mktemp('cache'))
+def cache_dir(digits_classifier_file, tmp_path_factory):
+  """A cache for this module holding the run's trained digits classifier (tests/conftest.py);
+  the reference statistics are computed into it by the first test."""
+  cache = tmp_path_factory.mktemp('cache')
+  shutil.copy(digits_classifier_file, cache)
+  return str(cache)
 
 
 def _digits_config(cache_dir, **overrides):
