@@ -7,6 +7,7 @@ subprocess with more XLA_FLAGS.
 """
 
 import fcntl
+import gc
 import os
 import sys
 
@@ -48,6 +49,14 @@ SLOWEST_FILES = ('test_train.py', 'test_ggm.py', 'test_distributed.py', 'test_di
 def pytest_configure(config):
   if hasattr(config.option, 'loadscopereorder'):  # pytest-xdist: keep the order below.
     config.option.loadscopereorder = False
+
+
+def pytest_collection_finish(session):
+  """Moves every object alive after collection (the imported modules: about 215,000) to the
+  garbage collector's permanent generation, which its collections no longer scan (their time in
+  test_train.py and test_disco.py together: 3.3 -> 2.0 s)."""
+  del session
+  gc.freeze()
 
 
 def pytest_collection_modifyitems(items):
