@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bit_diffusion import disco as disco_lib
+from bit_diffusion import param_keys
 from bit_diffusion import transformer
 from bit_diffusion.methods import autoregressive
 from bit_diffusion.methods import bit_diffusion
@@ -156,10 +157,10 @@ class DisCo:
     prior = transformer.AutoregressiveTransformer(
         vocab_size=d.codebook_size, max_length=d.num_latents, width=d.prior_width,
         depth=d.prior_depth, mlp_dim=4 * d.prior_width, num_heads=d.prior_heads,
-        rngs=nnx.Rngs(params=prior_rng))
+        rngs=param_keys.ParamKeys(prior_rng))
     return DisCoNetwork(encoder=encoder, denoiser=denoiser, prior=prior,
                         num_latents=d.num_latents, codebook_size=d.codebook_size,
-                        embedding_dim=d.embedding_dim, rngs=nnx.Rngs(params=codebook_rng))
+                        embedding_dim=d.embedding_dim, rngs=param_keys.ParamKeys(codebook_rng))
 
   # Training.
 

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bit_diffusion import param_keys
+
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                'pt_inception-2015-12-05-6726825d.pth')
 PTH_NAME = 'pt_inception-2015-12-05-6726825d.pth'
@@ -248,7 +250,7 @@ def _unflatten(flat: dict[str, object]) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _abstract_inception() -> tuple[nnx.GraphDef, nnx.State]:
-  return nnx.split(nnx.eval_shape(lambda: FIDInceptionV3(rngs=nnx.Rngs(0))))
+  return nnx.split(nnx.eval_shape(lambda: FIDInceptionV3(rngs=param_keys.ParamKeys(0))))
 
 
 def abstract_inception() -> tuple[nnx.GraphDef, nnx.State]:

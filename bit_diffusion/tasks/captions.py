@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bit_diffusion import param_keys
 from bit_diffusion.captioning import data as data_lib
 from bit_diffusion.captioning import model as model_lib
 from bit_diffusion.captioning import scoring
@@ -65,13 +66,13 @@ class CaptionTask:
     kwargs = model_lib.model_kwargs(self.config)
     if kind == 'denoiser':
       return model_lib.DiffusionCaptioner(in_channels=in_channels, out_channels=out_channels,
-                                          **kwargs, rngs=nnx.Rngs(params=rng))
+                                          **kwargs, rngs=param_keys.ParamKeys(rng))
     if kind == 'autoregressive':
       return model_lib.AutoregressiveCaptioner(vocab_size=self.vocab_size, **kwargs,
-                                               rngs=nnx.Rngs(params=rng))
+                                               rngs=param_keys.ParamKeys(rng))
     if kind == 'glauber':
       return model_lib.GlauberCaptioner(vocab_size=self.vocab_size, **kwargs,
-                                        rngs=nnx.Rngs(params=rng))
+                                        rngs=param_keys.ParamKeys(rng))
     raise ValueError(f'The captioning task has no {kind!r} network.')
 
   def initial_params(self, params: Any) -> Any:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from bit_diffusion import input_pipeline
 from bit_diffusion import latent_unet
+from bit_diffusion import param_keys
 from bit_diffusion import transformer
 from bit_diffusion import unet
 
@@ -120,7 +121,7 @@ class ImageTask:
           f'config.method={self.config.method!r} on images needs a {network} in config.model '
           f'({", ".join(fields)}); this config.model lacks {", ".join(missing)}. Start from a '
           f'config of the method, such as {example}.')
-    model, rngs = self.config.model, nnx.Rngs(params=rng)
+    model, rngs = self.config.model, param_keys.ParamKeys(rng)
     if kind == 'glauber':
       return transformer.GlauberTransformer(
           vocab_size=self.vocab_size, max_length=math.prod(self.example_shape),

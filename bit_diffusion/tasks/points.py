@@ -18,6 +18,7 @@ from flax import nnx
 from PIL import Image
 
 from bit_diffusion import mlp
+from bit_diffusion import param_keys
 from bit_diffusion.points import data as data_lib
 
 SCATTER_PIXELS = 256
@@ -62,14 +63,14 @@ class PointsTask:
     if kind == 'denoiser':
       return mlp.MLPDenoiser(in_channels=in_channels, out_channels=out_channels,
                              width=model.width, depth=model.depth, latent_shape=latent_shape,
-                             rngs=nnx.Rngs(params=rng))
+                             rngs=param_keys.ParamKeys(rng))
     if kind == 'latent_encoder':
       if 'encoder_width' not in model:
         raise ValueError('The latent encoder needs model.encoder_width and model.encoder_depth '
                          '(configs/toy_disco.py has them).')
       return mlp.MLPEncoder(in_channels=in_channels, num_latents=num_latents,
                             codebook_size=codebook_size, width=model.encoder_width,
-                            depth=model.encoder_depth, rngs=nnx.Rngs(params=rng))
+                            depth=model.encoder_depth, rngs=param_keys.ParamKeys(rng))
     raise ValueError(f"The points task has no {kind!r} network (a denoiser and DisCo-Diff's "
                      "latent encoder); use config.method='bit_diffusion' or 'disco'.")
 

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bit_diffusion import param_keys
 from bit_diffusion import transformer
 from bit_diffusion.text import data as data_lib
 from bit_diffusion.text import metrics as text_metrics
@@ -71,7 +72,7 @@ class TextTask:
     m = self.config.model
     sizes = dict(max_length=self.example_shape[0], width=m.width, depth=m.depth,
                  mlp_dim=m.mlp_dim, num_heads=m.num_heads, positions=m.positions,
-                 rngs=nnx.Rngs(params=rng))
+                 rngs=param_keys.ParamKeys(rng))
     if kind == 'denoiser':
       return transformer.DenoisingTransformer(in_channels=in_channels,
                                               out_channels=out_channels, **sizes)
