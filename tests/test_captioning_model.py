@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bit_diffusion import param_keys
 from bit_diffusion.captioning import model
 from bit_diffusion.captioning import vit_checkpoint
 from tests import jitted
@@ -103,7 +104,8 @@ def test_paper_config_sizes():
   from configs import coco_captioning
   config = coco_captioning.get_config()
   net = nnx.eval_shape(lambda: model.DiffusionCaptioner(  # Shapes only: nothing allocated.
-      in_channels=30, out_channels=15, **model.model_kwargs(config), rngs=nnx.Rngs(0)))
+      in_channels=30, out_channels=15, **model.model_kwargs(config),
+      rngs=param_keys.ParamKeys(0)))
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   params = nnx.state(net, nnx.Param)
   assert 85.5e6 < count(params['encoder']) < 86.5e6

@@ -14,6 +14,7 @@ from flax import nnx
 from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion import methods
+from bit_diffusion import param_keys
 from bit_diffusion.captioning import evaluate
 from bit_diffusion.captioning import infill
 from bit_diffusion.captioning import model as model_lib
@@ -112,7 +113,7 @@ def test_coco_ggm_config_is_the_paper_captioner_as_a_classifier():
   assert config.method == 'ggm' and 'diffusion' not in config and 'sampler' not in config.sampling
   net = nnx.eval_shape(lambda: model_lib.GlauberCaptioner(  # Shapes only: nothing allocated.
       vocab_size=config.tokenizer.vocab_size, **model_lib.model_kwargs(config),
-      rngs=nnx.Rngs(0)))
+      rngs=param_keys.ParamKeys(0)))
   params = nnx.state(net, nnx.Param)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   assert 85.5e6 < count(params['encoder']) < 86.5e6

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bit_diffusion import param_keys
 from bit_diffusion import unet as unet_lib
 from bit_diffusion.unet import UNet
 from bit_diffusion.unet import count_params
@@ -73,7 +74,7 @@ def tiny():
 
 @functools.cache
 def _abstract_model_of(items: tuple[tuple[str, Any], ...]) -> UNet:
-  return nnx.eval_shape(lambda: UNet(**dict(items), rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: UNet(**dict(items), rngs=param_keys.ParamKeys(0)))
 
 
 def _abstract_model(**kwargs) -> UNet:
@@ -166,7 +167,7 @@ def test_heads_per_layer_come_from_head_dim(head_dim):
   model = nnx.eval_shape(lambda: UNet(
       in_channels=6, out_channels=3, image_size=16, base_channels=64,
       channel_multipliers=(1, 2, 4), num_res_blocks=1, attention_resolutions=(16, 8, 4),
-      head_dim=head_dim, rngs=nnx.Rngs(0)))
+      head_dim=head_dim, rngs=param_keys.ParamKeys(0)))
   layers = _attention_layers(model)
   assert sorted({c for c, _ in layers}) == [64, 128, 256]
   for channels, attn in layers:
@@ -220,7 +221,8 @@ def test_attention_width_when_head_dim_does_not_divide_the_channels():
 
 def test_softmax_output_conv_is_1x1():
   """out_kernel_size=1 (softmax logits, as pix2seq) makes conv_out 1x1: 8 * c * out fewer params."""
-  models = {k: nnx.eval_shape(lambda k=k: UNet(**TINY, out_kernel_size=k, rngs=nnx.Rngs(0)))
+  models = {k: nnx.eval_shape(lambda k=k: UNet(**TINY, out_kernel_size=k,
+                                                    rngs=param_keys.ParamKeys(0)))
             for k in (1, 3)}
   c, out = TINY['base_channels'], TINY['out_channels']
   assert models[1].conv_out.kernel.shape == (1, 1, c, out)
