@@ -2,6 +2,7 @@
 (benchmarks/same_network.py, no torch needed), the report's arithmetic, and, where the peer venv
 exists (`make .venv-peer/.installed`), the check that the PyTorch U-Net is the same network."""
 
+import functools
 import json
 import os
 import subprocess
@@ -105,27 +106,33 @@ def test_report_scales_sampling_to_100_steps_and_takes_the_faster_torch_run():
   assert any('scaled to 100 steps' in line for line in lines)
 
 
+@functools.cache
 def _peer_has_torch() -> bool:
   if not os.path.exists(PEER_PYTHON):
     return False
   return subprocess.run([PEER_PYTHON, '-c', 'import torch'], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _peer_has_torch(),
-                    reason='needs the peer venv with torch: make .venv-peer/.installed')
-def test_pytorch_transcription_is_the_same_network():
+@pytest.fixture
+def peer_python() -> str:
+  """The peer venv's Python, or a skip. Checked when a test asks (importing torch takes about
+  5 s), not at collection, where every pytest-xdist worker would pay it."""
+  if not _peer_has_torch():
+    pytest.skip('needs the peer venv with torch: make .venv-peer/.installed')
+  return PEER_PYTHON
+
+
+def test_pytorch_transcription_is_the_same_network(peer_python):
   """Both sizes: equal parameter counts, our parameters loaded by name, outputs within 1e-4
   (about 2 min on the 2-core machine)."""
-  report = same_network.check(PEER_PYTHON, ('tiny', 'bench'), log=lambda _: None)
+  report = same_network.check(peer_python, ('tiny', 'bench'), log=lambda _: None)
   assert report['passed'], report
   bench = report['bench']['torch']
   assert bench['num_params_ours'] == bench['num_params_torch'] == 35_232_152
   assert bench['max_abs_diff_eager'] < 1e-4
 
 
-@pytest.mark.skipif(not _peer_has_torch(),
-                    reason='needs the peer venv with torch: make .venv-peer/.installed')
-def test_pytorch_profile_categories_match_step_profile_s():
+def test_pytorch_profile_categories_match_step_profile_s(peer_python):
   """same_network_torch.op_category: operations by name and by their callers (autograd's
   backward functions, the optimizer, the EMA) into benchmarks/step_profile.py's categories."""
   import step_profile
@@ -144,7 +151,7 @@ def test_pytorch_profile_categories_match_step_profile_s():
            ('cpp_fused_add_mul_7', ['CompiledFunction'], 'elementwise')]
   code = ('import json, sys; sys.path.insert(0, "benchmarks"); import same_network_torch as s; '
           f'print(json.dumps([s.op_category(n, a) for n, a, _ in {cases!r}]))')
-  process = subprocess.run([PEER_PYTHON, '-I', '-c', code], cwd=REPO_ROOT, capture_output=True,
+  process = subprocess.run([peer_python, '-I', '-c', code], cwd=REPO_ROOT, capture_output=True,
                            text=True)
   assert process.returncode == 0, process.stderr[-2000:]
   assert json.loads(process.stdout) == [expected for _, _, expected in cases]
