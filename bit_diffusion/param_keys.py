@@ -7,8 +7,8 @@ updates on every call. Under `nnx.eval_shape` or a jitted initialiser (every abs
 or sharded build of a network) that count is a tracer, and flax 0.12.8 reads the tracer's
 `sharding` on each update; JAX answers with an AttributeError whose message it builds by walking
 every equation traced so far (`DynamicJaxprTracer._origin_msg`), so the build grows with the
-square of the network's size: the ImageNet-64 U-Net's abstract build took 3.1 s, 0.8 s with
-these keys (configs/cifar10.py: 2.3 -> 0.6 s; docs/benchmarks.md).
+square of the network's size: the ImageNet-64 U-Net's abstract build took 3.4 s, 0.8 s with
+these keys (configs/cifar10.py: 1.4 -> 0.4 s, after a first build; docs/benchmarks.md).
 
 Only the initialisers' stream: a layer that keeps `rngs` for later (flax's Dropout or attention
 dropout given rngs) needs `nnx.Rngs`; this library passes dropout keys at call time.

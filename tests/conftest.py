@@ -9,7 +9,9 @@ subprocess with more XLA_FLAGS.
 import fcntl
 import gc
 import os
+import shutil
 import sys
+from typing import Callable
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -68,11 +70,12 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope='session')
-def digits_classifier_file(tmp_path_factory) -> str:
-  """The digits metrics' classifier (bit_diffusion/metrics/digits_classifier.py), trained once
-  per test run (about 15 s of CPU) for every test that scores digits, whichever pytest-xdist
-  worker asks first: the workers of one run share the parent of their base temporary
-  directories, and a file lock makes the others wait for the first's file."""
+def digits_cache(tmp_path_factory) -> Callable[[], str]:
+  """fn() -> a new `eval.cache_dir` holding only the digits metrics' classifier
+  (bit_diffusion/metrics/digits_classifier.py; reference statistics and the rest are computed
+  into it anew). The classifier is trained once per test run (about 15 s of CPU), by whichever
+  pytest-xdist worker asks first: the workers of one run share the parent of their base
+  temporary directories, and a file lock makes the others wait for the first's file."""
   from bit_diffusion.metrics import digits_classifier
   root = tmp_path_factory.getbasetemp()
   if os.environ.get('PYTEST_XDIST_WORKER'):
@@ -82,5 +85,11 @@ def digits_classifier_file(tmp_path_factory) -> str:
   with open(shared / 'lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     digits_classifier.load_or_train(str(shared))
-  return digits_classifier.cache_path(str(shared))
+  trained = digits_classifier.cache_path(str(shared))
 
+  def new_cache() -> str:
+    cache = tmp_path_factory.mktemp('digits_cache')
+    shutil.copy(trained, cache)
+    return str(cache)
+
+  return new_cache

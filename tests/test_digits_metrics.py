@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,12 +24,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def cache_dir(digits_classifier_file, tmp_path_factory):
+def cache_dir(digits_cache):
   """A cache for this module holding the run's trained digits classifier (tests/conftest.py);
   the reference statistics are computed into it by the first test."""
-  cache = tmp_path_factory.mktemp('cache')
-  shutil.copy(digits_classifier_file, cache)
-  return str(cache)
+  return digits_cache()
 
 
 def _digits_config(cache_dir, **overrides):

@@ -4,7 +4,6 @@ bit-identical to a straight one; the network on images of any shape. Its config 
 of tests/test_bad_inputs.py; the math's own are in tests/test_ggm.py."""
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +22,12 @@ from tests import recording
 
 
 @pytest.fixture(scope='module')
-def straight_run(tmp_path_factory, digits_classifier_file):
+def straight_run(tmp_path_factory, digits_cache):
   """The tiny digits GGM trained 4 steps straight through (checkpoints at 2 and 4); its eval
   cache holds the run's trained digits classifier (tests/conftest.py)."""
   tmp_path = tmp_path_factory.mktemp('ggm_digits')
-  os.makedirs(tmp_path / 'cache')
-  shutil.copy(digits_classifier_file, tmp_path / 'cache')
   config = tiny.tiny_digits_ggm(**{
-      'eval.cache_dir': str(tmp_path / 'cache'), 'eval.num_samples': 16,
+      'eval.cache_dir': digits_cache(), 'eval.num_samples': 16,
       'eval.infill_images': 8, 'eval.num_batches': 1})
   workdir = str(tmp_path / 'run')
   state, losses = recording.train_recording_losses(config, workdir)
