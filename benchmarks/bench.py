@@ -304,7 +304,7 @@ def _abstract(tree, shardings):
                       shardings)
 
 
-def _synthetic_batches(config, count: int, seed: int = 0) -> list[dict[str, Any]]:
+def synthetic_batches(config, count: int, seed: int = 0) -> list[dict[str, Any]]:
   """`count` process-local batches of integer images in [0, 2**num_bits) and labels."""
   import jax
   import numpy as np
@@ -326,7 +326,7 @@ def bench_train(engine, timed: bool, args: argparse.Namespace) -> dict[str, Any]
   config = engine.config
   batch_size = config.training.batch_size
   result: dict[str, Any] = {'batch_size': batch_size}
-  batches = _synthetic_batches(config, 2)
+  batches = synthetic_batches(config, 2)
   if timed:
     start = time.perf_counter()
     state = jax.block_until_ready(engine.init_state(engine_lib.seed_key(config.seed, 'init')))

@@ -291,7 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                             'load_avg_start': list(os.getloadavg())}
   trace_root = args.trace_dir or tempfile.mkdtemp(prefix='step_profile_')
   state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
-  batches = [engine.global_batch(batch) for batch in bench._synthetic_batches(config, 2)]
+  batches = [engine.global_batch(batch) for batch in bench.synthetic_batches(config, 2)]
 
   compiled = engine.train_step.lower(state, batches[0]).compile()
   instructions, module = _optimized_hlo(compiled, os.path.join(trace_root, 'train.hlo.txt'))

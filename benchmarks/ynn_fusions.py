@@ -49,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     engine = engine_lib.Engine(config, methods.create(config))
     if not states:
       state = engine.init_state(engine_lib.seed_key(config.seed, 'init'))
-      batches = [engine.global_batch(b) for b in bench._synthetic_batches(config, 2)]
+      batches = [engine.global_batch(b) for b in bench.synthetic_batches(config, 2)]
     steps[setting] = engine.train_step.lower(state, batches[0]).compile()
     states[setting] = jax.tree.map(lambda x: x.copy(), state)  # The step donates its state.
   times = {setting: [] for setting in args.settings}

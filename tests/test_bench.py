@@ -34,6 +34,18 @@ def test_overrides_change_only_their_case_after_tiny():
   assert digits.training.batch_size == 8  # An override wins over --tiny's batch cap of 16.
 
 
+def test_synthetic_batches_lie_in_the_bit_range_with_labels_and_repeat_by_seed():
+  config = bench.build_config('digits', bench.parse_args(['--override=digits.data.num_bits=3',
+                                                          '--override=digits.training.batch_size=64']))
+  first, second = bench.synthetic_batches(config, 2, seed=5)
+  assert first['images'].shape == (64, 8, 8, 1) and first['labels'].shape == (64,)
+  assert set(first['images'].ravel()) == set(range(8))  # All of [0, 2**3), nothing outside.
+  assert set(first['labels']) <= set(range(10)) and len(set(first['labels'])) > 1
+  assert not (first['images'] == second['images']).all()  # Each batch its own draw.
+  again = bench.synthetic_batches(config, 1, seed=5)[0]
+  assert (again['images'] == first['images']).all() and (again['labels'] == first['labels']).all()
+
+
 @pytest.mark.parametrize('override', ['digits.model.num_heads=1',  # Renamed: head_dim.
                                       'digits.sampling.microbatch_size=4'])  # Now in cpu.
 def test_override_of_a_missing_field_fails(override):
