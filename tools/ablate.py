@@ -35,6 +35,7 @@ from absl import logging  # noqa: E402
 
 from bit_diffusion import checkpointing  # noqa: E402
 from bit_diffusion import config_overrides  # noqa: E402
+from bit_diffusion import cpu  # noqa: E402
 from bit_diffusion import evaluate  # noqa: E402
 from bit_diffusion import generation  # noqa: E402
 from bit_diffusion import train_loop  # noqa: E402
@@ -116,7 +117,28 @@ def run_rows(results: dict, save) -> None:
       save()
 
 
-def table(results: dict, total_seconds: float) -> str:
+def machine_description() -> dict:
+  """The CPU, its widest vector instructions, the XLA flags and the load average now."""
+  report = cpu.machine_report()
+  return {'cpu_model': report['cpu_model'] or platform.machine(),
+          'widest_isa': report['widest_isa'], 'xla_flags': report['xla_flags'],
+          'cpu_count': os.cpu_count(), 'devices': jax.device_count(),
+          'load_average': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None}
+
+
+def machine_line(machine: dict) -> str:
+  """'AMD EPYC (AVX2), 2 CPU cores, 1 JAX device(s), load average 0.4 at the start'."""
+  if not machine:
+    return 'an unrecorded machine'
+  isa = f' ({machine["widest_isa"]})' if machine.get('widest_isa') else ''
+  flags = f', XLA_FLAGS={machine["xla_flags"]!r}' if machine.get('xla_flags') else ''
+  load = (f', load average {machine["load_average"]:.1f} at the start'
+          if machine.get('load_average') is not None else '')
+  return (f'{machine["cpu_model"]}{isa}, {machine["cpu_count"]} CPU cores, '
+          f'{machine["devices"]} JAX device(s){flags}{load}')
+
+
+def table(results: dict, total_seconds: float, machine: dict) -> str:
   floor = next(v for k, v in results.items() if not k.startswith('train/'))
   lines = [
       '| model (trained on digits) | sampler | FID | IS | precision | recall | sampling s |',
@@ -149,8 +171,7 @@ def table(results: dict, total_seconds: float) -> str:
       '',
       *lines,
       '',
-      f'Total time {total_seconds / 60:.1f} min on {platform.machine()} with '
-      f'{os.cpu_count()} CPU cores, {jax.device_count()} JAX device(s), shared with other jobs '
+      f'Total time {total_seconds / 60:.1f} min on {machine_line(machine)} '
       f'(training: {train_times}).',
       ''])
 
@@ -164,6 +185,7 @@ def main(argv):
     with open(path) as f:
       results = json.load(f)
   start = time.time() - results.get('elapsed', 0.0)
+  results.setdefault('machine', machine_description())  # Where the first rows ran.
 
   def save():
     results['elapsed'] = time.time() - start
@@ -172,7 +194,8 @@ def main(argv):
 
   run_rows(results, save)
   elapsed = results.pop('elapsed', time.time() - start)
-  markdown = table(results, elapsed)
+  machine = results.pop('machine')
+  markdown = table(results, elapsed, machine)
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
   with open(FLAGS.output, 'w') as f:
     f.write(markdown)
