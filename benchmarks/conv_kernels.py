@@ -61,7 +61,7 @@ def run_jax(batch_sizes, repeats):
     return vjp(jnp.ones_like(out))
 
   options = {'xla_default': None,
-             'train_step': cpu.train_step_compiler_options(common.cpu_config())}
+             'train_step': cpu.compiler_options(common.cpu_config())}
   rows = []
   for batch in batch_sizes:
     for size, cin, cout in SHAPES:

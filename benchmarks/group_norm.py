@@ -4,7 +4,7 @@
 
 Times the forward pass and the forward pass with its gradient (parameters and input), jitted with
 XLA's default CPU options (as the sampler) and with the train step's compiler options
-(`cpu.ynn_fusions`, `bit_diffusion.cpu.train_step_compiler_options`), and checks that both modules
+(`cpu.ynn_fusions`, `bit_diffusion.cpu.compiler_options`), and checks that both modules
 give the same output. Prints one line per module and option set (milliseconds per call, mean over
 `--repeats` calls after a warm-up). Results and why the module is written out: docs/cpu.md,
 "GroupNorm statistics as per-channel sums".
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
   groups = unet.num_groups(channels)
   x = jax.random.normal(jax.random.PRNGKey(0), shape) * 2.0 + 1.0
   option_sets = {'XLA default options': {},
-                 'train step options': cpu.train_step_compiler_options(common.cpu_config()) or {}}
+                 'train step options': cpu.compiler_options(common.cpu_config()) or {}}
   modules = {
       'nnx.GroupNorm': nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-5, rngs=nnx.Rngs(0)),
       'unet.GroupNorm': unet.GroupNorm(channels, groups, 1e-5, jnp.float32, nnx.Rngs(0)),

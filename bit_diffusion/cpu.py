@@ -4,8 +4,9 @@ None of this changes a result beyond float rounding, and none of it does anythin
 Two entry points:
   * `reexec_with_hugepages()`: called first thing by main.py (and the benchmarks), before jax
     is imported. It restarts the process once with glibc's transparent-huge-page tunable.
-  * `train_step_compiler_options(config.cpu)`: the XLA options that the engine jits its train
-    step with (None off CPU); `init_compiler_options()`: those of the one-off initialiser.
+  * `compiler_options(config.cpu)`: the XLA options that the engine jits its train step with
+    and every method its sampler (None off CPU); `init_compiler_options()`: those of the
+    one-off initialiser.
 `machine_report()` says which CPU a measurement came from (model, vector instruction sets, the
 XLA flags that restrict them), for the benchmarks' reports.
 The config group `config.cpu` holds the knobs (`ynn_fusions`, `sampler_microbatch_size`); the
@@ -110,8 +111,8 @@ def ynn_fusion_kinds(text: str) -> list[str]:
   return kinds
 
 
-def train_step_compiler_options(cpu_config) -> Optional[dict[str, str]]:
-  """XLA compiler options for the jitted train step (None: XLA's defaults).
+def compiler_options(cpu_config) -> Optional[dict[str, str]]:
+  """XLA compiler options for the jitted train step and samplers (None: XLA's defaults).
 
   On CPU, `cpu_config.ynn_fusions` lists what YNNPACK runs; the rest goes to XLA's own kernels
   (Eigen convolutions, generated loops). '' keeps XLA's defaults

@@ -170,7 +170,7 @@ class Engine:
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
                               out_shardings=(self.state_sharding, self.replicated),
                               donate_argnums=0,
-                              compiler_options=cpu.train_step_compiler_options(config.cpu))
+                              compiler_options=cpu.compiler_options(config.cpu))
     self._jitted_init = jax.jit(self._init_state, out_shardings=self.state_sharding,
                                 compiler_options=cpu.init_compiler_options())
 

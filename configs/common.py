@@ -61,9 +61,10 @@ def training_config() -> ml_collections.ConfigDict:
 def cpu_config() -> ml_collections.ConfigDict:
   """CPU-only speed-ups (bit_diffusion/cpu.py, measurements in docs/cpu.md); no effect elsewhere."""
   cpu = ml_collections.ConfigDict()
-  # The train step's kernels from YNNPACK (XLA:CPU's kernel library): its matrix products and
-  # reductions; the convolutions stay with XLA's Eigen kernels and the elementwise work with
-  # XLA's generated loops. '' = XLA's defaults (INDIVIDUAL_CONVOLUTION,INDIVIDUAL_DOT,REDUCE).
+  # The train step's and the samplers' kernels from YNNPACK (XLA:CPU's kernel library): matrix
+  # products and reductions; the convolutions stay with XLA's Eigen kernels and the elementwise
+  # work with XLA's generated loops. '' = XLA's defaults
+  # (INDIVIDUAL_CONVOLUTION,INDIVIDUAL_DOT,REDUCE).
   cpu.ynn_fusions = 'INDIVIDUAL_DOT,REDUCE'
   # The sampler's network runs on microbatches of this many samples in turn (0 = the whole
   # batch): the same samples; small batches keep a CPU's activations in cache.

@@ -313,19 +313,21 @@ def test_sampling_microbatches_on_two_devices():
 
 
 def test_cpu_ynn_fusions_change_kernels_not_results():
-  """cpu.ynn_fusions: other CPU kernels, the same state after two steps."""
+  """cpu.ynn_fusions: other CPU kernels for the train step and the sampler; the same state after
+  two steps, the same samples."""
   tuned_config = tiny.tiny_unet(tiny.tiny_digits())  # The one-stage U-Net: cheaper compiles.
   plain_config = tiny.tiny_unet(tiny.tiny_digits(**{'cpu.ynn_fusions': ''}))
   tuned_engine = engine_lib.Engine(tuned_config, methods.create(tuned_config))
   plain_engine = engine_lib.Engine(plain_config, methods.create(plain_config))
-  assert cpu.train_step_compiler_options(plain_config.cpu) is None
-  assert cpu.train_step_compiler_options(tuned_config.cpu) == {
+  assert cpu.compiler_options(plain_config.cpu) is None
+  assert cpu.compiler_options(tuned_config.cpu) == {
       'xla_cpu_experimental_ynn_fusion_type':
           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
   batch = tuned_engine.global_batch({
       'images': np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), dtype=np.int32),
       'labels': np.arange(16, dtype=np.int32) % 10})
-  results, hlo = [], []
+  labels = jnp.arange(16, dtype=jnp.int32) % 10
+  results, hlo, sampler_hlo, samples = [], [], [], []
   for engine in (tuned_engine, plain_engine):
     state = engine.init_state(jax.random.PRNGKey(0))
     train_step = engine.train_step.lower(state, batch).compile()  # Compiled once, run twice.
@@ -333,8 +335,16 @@ def test_cpu_ynn_fusions_change_kernels_not_results():
     state, metrics = train_step(state, batch)
     state, metrics = train_step(state, batch)
     results.append((_params(state.params), float(metrics.compute()['loss'])))
-  # XLA's defaults run the convolutions inside YNNPACK fusions; the tuned list leaves them out.
+    sample_fn = engine.method.make_sample_fn(engine.graphdef, steps=4).lower(
+        state.params, jax.random.PRNGKey(1), labels).compile()
+    sampler_hlo.append(sample_fn.as_text())
+    samples.append(np.asarray(sample_fn(state.params, jax.random.PRNGKey(1), labels)))
+  # XLA's defaults run the convolutions inside YNNPACK fusions; the tuned list leaves them out,
+  # in the train step and in the sampler (both jitted with cpu.compiler_options).
   assert hlo[0].count('ynn_fusion') != hlo[1].count('ynn_fusion')
+  assert sampler_hlo[0].count('ynn_fusion') != sampler_hlo[1].count('ynn_fusion')
+  assert np.mean(samples[0] == samples[1]) > 0.99  # Integers from float bits: rounding may flip.
+  assert len(np.unique(samples[0])) > 2  # Not a constant image that any kernel would give.
   np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
   for tuned, plain in zip(results[0][0], results[1][0]):
     np.testing.assert_allclose(tuned, plain, rtol=1e-4, atol=2e-6)  # Reduction order.

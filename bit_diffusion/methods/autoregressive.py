@@ -20,6 +20,8 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bit_diffusion import cpu
+
 
 class Autoregressive:
   """Next-token prediction on the sequences of `task` (example_shape [L], vocab_size ids).
@@ -96,11 +98,12 @@ class Autoregressive:
       return decode_tokens(model, model.encode_condition(cond), rng, batch, length, temperature,
                            known)
 
+    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn)
+      return jax.jit(sample_fn, compiler_options=options)
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding)
+                   out_shardings=batch_sharding, compiler_options=options)
 
 
 def decode_tokens(model: nnx.Module, context: Any, rng: jax.Array, batch: int, length: int,

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bit_diffusion import cpu
 from bit_diffusion import diffusion as diffusion_lib
 from bit_diffusion import distributed
 from bit_diffusion import samplers
@@ -212,12 +213,13 @@ class BitDiffusion:
                                 keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
+    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn)
+      return jax.jit(sample_fn, compiler_options=options)
     batch_sharding = NamedSharding(mesh, P('data'))
     # Parameters keep the sharding they come with (replicated, or split for FSDP).
     return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding)
+                   out_shardings=batch_sharding, compiler_options=options)
 
   def sampler_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
     """`config.sampling`'s sampler, steps, td, ddpm_variance and self_condition, updated by

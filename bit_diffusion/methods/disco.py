@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bit_diffusion import cpu
 from bit_diffusion import disco as disco_lib
 from bit_diffusion import param_keys
 from bit_diffusion import transformer
@@ -258,8 +259,9 @@ class DisCo:
         return bit_diffusion.path_batch_first(result[2])
       return self.bits.decode(result[0])
 
+    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn)
+      return jax.jit(sample_fn, compiler_options=options)
     batch_sharding = NamedSharding(mesh, P('data'))
     return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding)
+                   out_shardings=batch_sharding, compiler_options=options)

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bit_diffusion import cpu
 from bit_diffusion import ggm as ggm_lib
 
 
@@ -118,8 +119,9 @@ class GlauberGenerativeModel:
                               batch, positions_per_call=k, known=known, known_mask=known_mask)
       return tokens.reshape((batch,) + self.example_shape)
 
+    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn)
+      return jax.jit(sample_fn, compiler_options=options)
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding)
+                   out_shardings=batch_sharding, compiler_options=options)
