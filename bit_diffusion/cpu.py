@@ -5,8 +5,8 @@ Two entry points:
   * `reexec_with_hugepages()`: called first thing by main.py (and the benchmarks), before jax
     is imported. It restarts the process once with glibc's transparent-huge-page tunable.
   * `compiler_options(config.cpu)`: the XLA options that the engine jits its train step with
-    and every method its sampler (None off CPU); `init_compiler_options()`: those of the
-    one-off initialiser.
+    and every method its sampler (`jit(fn, config.cpu)`; None off CPU);
+    `init_compiler_options()`: those of the one-off initialiser.
 `machine_report()` says which CPU a measurement came from (model, vector instruction sets, the
 XLA flags that restrict them), for the benchmarks' reports.
 The config group `config.cpu` holds the knobs (`ynn_fusions`, `sampler_microbatch_size`); the
@@ -21,11 +21,14 @@ once, at start-up, hence the restart. BIT_DIFFUSION_HUGEPAGES=0 opts out. This m
 jax only inside functions (the restart must happen before jax allocates anything).
 """
 
+import functools
 import gc
 import os
 import platform
 import sys
 from collections.abc import Mapping
+from typing import Any
+from typing import Callable
 from typing import Optional
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
@@ -125,6 +128,29 @@ def compiler_options(cpu_config) -> Optional[dict[str, str]]:
     return None
   return {'xla_cpu_experimental_ynn_fusion_type':
           ','.join('LIBRARY_FUSION_TYPE_' + kind for kind in kinds)}
+
+
+def jit(fn: Callable[..., Any], cpu_config, **jit_kwargs) -> Callable[..., Any]:
+  """`jax.jit(fn, **jit_kwargs)` with `compiler_options(cpu_config)` when called at top level.
+
+  JAX refuses compiler options on a jit nested in another trace (a caller's own jit, vmap or
+  make_jaxpr); there the returned function runs the plain jit, which the outer computation
+  compiles with its own options. `.lower`, `.trace` and `.eval_shape` are the top-level jit's.
+  """
+  import jax  # Not at module level: see the module docstring.
+
+  options = compiler_options(cpu_config)
+  plain = jax.jit(fn, **jit_kwargs)
+  if options is None:
+    return plain
+  tuned = jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+    return (plain if traced else tuned)(*args, **kwargs)
+  call.lower, call.trace, call.eval_shape = tuned.lower, tuned.trace, tuned.eval_shape
+  return call
 
 
 def init_compiler_options() -> Optional[dict[str, int]]:

@@ -350,6 +350,20 @@ def test_cpu_ynn_fusions_change_kernels_not_results():
     np.testing.assert_allclose(tuned, plain, rtol=1e-4, atol=2e-6)  # Reduction order.
 
 
+def test_cpu_jit_runs_nested_in_other_traces():
+  """cpu.jit: the compiler options at top level; inside a caller's jit, vmap or make_jaxpr (where
+  JAX refuses options on a nested jit) the plain jit, with the same values."""
+  fn = cpu.jit(lambda x: jnp.sin(x) * 2.0, tiny.tiny_digits().cpu)
+  x = jnp.arange(4.0)
+  expected = np.sin(np.arange(4.0)) * 2.0
+  np.testing.assert_allclose(fn(x), expected, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(lambda y: fn(y) + 1.0)(x), expected + 1.0, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(fn)(x[:, None])[:, 0], expected, rtol=1e-6)
+  assert 'sin' in str(jax.make_jaxpr(fn)(x))
+  plain = cpu.jit(jnp.sin, tiny.tiny_digits(**{'cpu.ynn_fusions': ''}).cpu)
+  assert type(plain) is type(jax.jit(jnp.sin)) and type(fn) is not type(plain)  # jax.jit itself.
+
+
 def test_unknown_cpu_ynn_fusion_is_refused():
   with pytest.raises(ValueError, match="names \\['CONV'\\]"):
     _check(tiny.tiny_digits(**{'cpu.ynn_fusions': 'dot,conv'}), 1)

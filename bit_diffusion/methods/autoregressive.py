@@ -98,12 +98,11 @@ class Autoregressive:
       return decode_tokens(model, model.encode_condition(cond), rng, batch, length, temperature,
                            known)
 
-    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn, compiler_options=options)
+      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding, compiler_options=options)
+    return cpu.jit(sample_fn, self.config.cpu, in_shardings=(None, replicated, batch_sharding),
+                   out_shardings=batch_sharding)
 
 
 def decode_tokens(model: nnx.Module, context: Any, rng: jax.Array, batch: int, length: int,

@@ -213,13 +213,13 @@ class BitDiffusion:
                                 keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
-    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn, compiler_options=options)
+      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
     batch_sharding = NamedSharding(mesh, P('data'))
     # Parameters keep the sharding they come with (replicated, or split for FSDP).
-    return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding, compiler_options=options)
+    return cpu.jit(sample_fn, self.config.cpu,
+                   in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
+                   out_shardings=batch_sharding)
 
   def sampler_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
     """`config.sampling`'s sampler, steps, td, ddpm_variance and self_condition, updated by

@@ -259,9 +259,9 @@ class DisCo:
         return bit_diffusion.path_batch_first(result[2])
       return self.bits.decode(result[0])
 
-    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn, compiler_options=options)
+      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
     batch_sharding = NamedSharding(mesh, P('data'))
-    return jax.jit(sample_fn, in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding, compiler_options=options)
+    return cpu.jit(sample_fn, self.config.cpu,
+                   in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
+                   out_shardings=batch_sharding)

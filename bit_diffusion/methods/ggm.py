@@ -119,9 +119,8 @@ class GlauberGenerativeModel:
                               batch, positions_per_call=k, known=known, known_mask=known_mask)
       return tokens.reshape((batch,) + self.example_shape)
 
-    options = cpu.compiler_options(self.config.cpu)  # CPU kernels: as the train step's.
     if mesh is None:
-      return jax.jit(sample_fn, compiler_options=options)
+      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
     replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    return jax.jit(sample_fn, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding, compiler_options=options)
+    return cpu.jit(sample_fn, self.config.cpu, in_shardings=(None, replicated, batch_sharding),
+                   out_shardings=batch_sharding)
