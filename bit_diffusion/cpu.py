@@ -135,7 +135,8 @@ def jit(fn: Callable[..., Any], cpu_config, **jit_kwargs) -> Callable[..., Any]:
 
   JAX refuses compiler options on a jit nested in another trace (a caller's own jit, vmap or
   make_jaxpr); there the returned function runs the plain jit, which the outer computation
-  compiles with its own options. `.lower`, `.trace` and `.eval_shape` are the top-level jit's.
+  compiles with its own options. `.lower`, `.trace` and `.eval_shape` are the top-level jit's;
+  `.tuned` and `.plain` are the two jits.
   """
   import jax  # Not at module level: see the module docstring.
 
@@ -150,6 +151,7 @@ def jit(fn: Callable[..., Any], cpu_config, **jit_kwargs) -> Callable[..., Any]:
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
     return (plain if traced else tuned)(*args, **kwargs)
   call.lower, call.trace, call.eval_shape = tuned.lower, tuned.trace, tuned.eval_shape
+  call.tuned, call.plain = tuned, plain
   return call
 
 
