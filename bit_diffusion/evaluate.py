@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from bit_diffusion import checkpointing
+from bit_diffusion import cpu
 from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion import image_infill
@@ -94,7 +95,8 @@ def sample_metrics(config, model: generation.LoadedModel,
   ev = config.eval
   num_samples = num_samples or ev.num_samples
   net = net or features_lib.create_feature_net(ev)
-  extractor = features_lib.Extractor(net, model.mesh, model.batch_size(ev.feature_batch_size))
+  extractor = features_lib.Extractor(net, model.mesh, model.batch_size(ev.feature_batch_size),
+                                     config.cpu)
   max_value = images_lib.display_max(config.data)
   reference = features_lib.reference_statistics(config, extractor, max_value)
   sample_fn = model.make_sample_fn(**sampling_overrides)
@@ -187,10 +189,10 @@ def _training_loss(config, model: generation.LoadedModel) -> dict[str, float]:
   data_iter = model.task.train_iterator(batch_size, config.seed + 3)
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 
-  @jax.jit
   def eval_step(params, batch, rng):  # The training objective, on fixed noise.
     _, terms = method.loss(model.graphdef, params, batch, rng, batch_sharding)
     return jax.tree.map(jnp.mean, terms)
+  eval_step = cpu.jit(eval_step, config.cpu)  # CPU kernels: as the train step's.
 
   totals = []
   key = engine.seed_key(config.seed, 'eval_loss')

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from bit_diffusion import checkpointing
+from bit_diffusion import cpu
 from bit_diffusion import engine
 from bit_diffusion import generation
 from bit_diffusion import input_pipeline
@@ -114,7 +115,7 @@ def digits_agreement(config, model: generation.LoadedModel, num: int) -> dict[st
   filled = fill(model, images, mask, conditions, engine.seed_key(config.seed, 'infill'))
   other = np.where(mask, images, np.roll(images, 1, axis=0))
   graphdef, params, _ = digits_classifier.load_or_train(config.eval.cache_dir)
-  classify = jax.jit(digits_classifier.make_apply_fn(graphdef))
+  classify = cpu.jit(digits_classifier.make_apply_fn(graphdef), config.cpu)
   max_value = images_lib.display_max(config.data)  # 16: the classifier reads value / 16.
 
   def agreement(x):

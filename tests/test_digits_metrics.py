@@ -17,6 +17,7 @@ from bit_diffusion import train_loop
 from bit_diffusion.metrics import digits_classifier
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import fid
+from bit_diffusion.metrics import inception
 from configs import tiny
 from tests import subprocesses
 
@@ -99,6 +100,26 @@ def test_features_do_not_depend_on_the_device_split(cache_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   print(result.stdout)
   assert 'digits (6, 64)' in result.stdout and 'inception (6, 2048)' in result.stdout
+
+
+def test_feature_extractor_takes_the_cpu_kernels_not_other_features():
+  """With a config's `cpu` section the Extractor compiles Inception-v3 with `cpu.jit`'s options
+  (no YNNPACK convolutions, as the train step); the features equal XLA's defaults' up to
+  float32 round-off."""
+  mesh = engine.create_mesh()
+  graphdef, state = inception.load_inception(None)  # Random weights: the kernels are the test.
+  net = features.FeatureNet('inception', inception.make_apply_fn(graphdef), state, '')
+  images = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+  tuned = features.Extractor(net, mesh, 2, tiny.tiny_digits().cpu)
+  plain = features.Extractor(net, mesh, 2)
+  (tuned_features, tuned_logits), (plain_features, plain_logits) = tuned(images), plain(images)
+  assert tuned._fn.tuned._cache_size() == 1
+  compiled = [e._fn.lower(e.params, images).compile().as_text()
+              for e in (tuned, plain)]
+  assert compiled[0].count('ynn_fusion') < compiled[1].count('ynn_fusion')
+  np.testing.assert_allclose(tuned_features, plain_features, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(tuned_logits, plain_logits, rtol=1e-4, atol=1e-5)
+  assert np.std(tuned_features[0] - tuned_features[1]) > 1e-3  # Features of the images.
 
 
 def test_eval_mode_reports_sample_metrics_beside_the_floor(cache_dir, tmp_path, capsys):
