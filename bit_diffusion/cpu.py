@@ -136,11 +136,12 @@ def jit(fn: Callable[..., Any], cpu_config, **jit_kwargs) -> Callable[..., Any]:
   JAX refuses compiler options on a jit nested in another trace (a caller's own jit, vmap or
   make_jaxpr); there the returned function runs the plain jit, which the outer computation
   compiles with its own options. `.lower`, `.trace` and `.eval_shape` are the top-level jit's;
-  `.tuned` and `.plain` are the two jits.
+  `.tuned` and `.plain` are the two jits. `cpu_config=None` (as '' for `ynn_fusions`) keeps
+  XLA's defaults: the plain `jax.jit`.
   """
   import jax  # Not at module level: see the module docstring.
 
-  options = compiler_options(cpu_config)
+  options = None if cpu_config is None else compiler_options(cpu_config)
   plain = jax.jit(fn, **jit_kwargs)
   if options is None:
     return plain

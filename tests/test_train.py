@@ -364,6 +364,7 @@ def test_cpu_jit_runs_nested_in_other_traces():
   assert 'sin' in str(jax.make_jaxpr(fn)(x))
   plain = cpu.jit(jnp.sin, tiny.tiny_digits(**{'cpu.ynn_fusions': ''}).cpu)
   assert type(plain) is type(jax.jit(jnp.sin)) and type(fn) is not type(plain)  # jax.jit itself.
+  assert type(cpu.jit(jnp.sin, None)) is type(plain)  # No cpu section: XLA's defaults too.
 
 
 def test_unknown_cpu_ynn_fusion_is_refused():

@@ -93,9 +93,8 @@ class Extractor:
     self.params = jax.device_put(net.params, replicated)
     self._sharded = sharded
     # Outputs replicated: small ([B, D]), and readable by every process of a multi-host job.
-    shardings = dict(in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
-    self._fn = (jax.jit(net.apply, **shardings) if cpu_config is None
-                else cpu.jit(net.apply, cpu_config, **shardings))
+    self._fn = cpu.jit(net.apply, cpu_config, in_shardings=(replicated, sharded),
+                       out_shardings=(replicated, replicated))
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """images float [n <= batch_size, H, W, C] -> (features [n, D], logits [n, K]) numpy."""
