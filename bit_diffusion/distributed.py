@@ -9,6 +9,7 @@ that every device works on.
 
 import os
 from typing import Any
+from typing import Callable
 from typing import Optional
 
 import jax
@@ -17,6 +18,8 @@ from absl import logging
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from bit_diffusion import cpu
 
 PARAM_SHARDINGS = ('replicated', 'fsdp')
 
@@ -94,6 +97,22 @@ def param_shardings(abstract_tree: Any, mesh: Mesh, mode: str) -> Any:
         return NamedSharding(mesh, P(*spec))
     return replicated
   return jax.tree.map(shard, abstract_tree)
+
+
+def jit_sampler(sample_fn: Callable[..., Any], cpu_config, mesh: Optional[Mesh]
+                ) -> Callable[..., Any]:
+  """`sample_fn(params, rng, cond) -> samples` jitted with the train step's CPU kernels (`cpu.jit`).
+
+  With a mesh, `cond` (batch-first leaves) and the samples split over its 'data' axis, the key is
+  replicated, and the parameters keep the sharding they come with (replicated, or split for
+  FSDP). Every method's `make_sample_fn` returns one of these.
+  """
+  if mesh is None:
+    return cpu.jit(sample_fn, cpu_config)
+  batch_sharding = NamedSharding(mesh, P('data'))
+  return cpu.jit(sample_fn, cpu_config, in_shardings=(None, NamedSharding(mesh, P()),
+                                                      batch_sharding),
+                 out_shardings=batch_sharding)
 
 
 def microbatch_ranges(batch_size: int, microbatch_size: int, num_shards: int

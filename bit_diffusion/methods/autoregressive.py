@@ -18,9 +18,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from bit_diffusion import cpu
+from bit_diffusion import distributed
 
 
 class Autoregressive:
@@ -98,11 +97,7 @@ class Autoregressive:
       return decode_tokens(model, model.encode_condition(cond), rng, batch, length, temperature,
                            known)
 
-    if mesh is None:
-      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    return cpu.jit(sample_fn, self.config.cpu, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding)
+    return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
 
 
 def decode_tokens(model: nnx.Module, context: Any, rng: jax.Array, batch: int, length: int,

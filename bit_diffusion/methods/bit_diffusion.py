@@ -23,9 +23,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from bit_diffusion import cpu
 from bit_diffusion import diffusion as diffusion_lib
 from bit_diffusion import distributed
 from bit_diffusion import samplers
@@ -213,13 +211,7 @@ class BitDiffusion:
                                 keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
-    if mesh is None:
-      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
-    batch_sharding = NamedSharding(mesh, P('data'))
-    # Parameters keep the sharding they come with (replicated, or split for FSDP).
-    return cpu.jit(sample_fn, self.config.cpu,
-                   in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding)
+    return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
 
   def sampler_settings(self, overrides: dict[str, Any]) -> dict[str, Any]:
     """`config.sampling`'s sampler, steps, td, ddpm_variance and self_condition, updated by

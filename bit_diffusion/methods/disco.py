@@ -28,10 +28,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from bit_diffusion import cpu
 from bit_diffusion import disco as disco_lib
+from bit_diffusion import distributed
 from bit_diffusion import param_keys
 from bit_diffusion import transformer
 from bit_diffusion.methods import autoregressive
@@ -259,9 +258,4 @@ class DisCo:
         return bit_diffusion.path_batch_first(result[2])
       return self.bits.decode(result[0])
 
-    if mesh is None:
-      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
-    batch_sharding = NamedSharding(mesh, P('data'))
-    return cpu.jit(sample_fn, self.config.cpu,
-                   in_shardings=(None, NamedSharding(mesh, P()), batch_sharding),
-                   out_shardings=batch_sharding)
+    return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)

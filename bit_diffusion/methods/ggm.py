@@ -23,9 +23,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from bit_diffusion import cpu
+from bit_diffusion import distributed
 from bit_diffusion import ggm as ggm_lib
 
 
@@ -119,8 +118,4 @@ class GlauberGenerativeModel:
                               batch, positions_per_call=k, known=known, known_mask=known_mask)
       return tokens.reshape((batch,) + self.example_shape)
 
-    if mesh is None:
-      return cpu.jit(sample_fn, self.config.cpu)  # CPU kernels: as the train step's.
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    return cpu.jit(sample_fn, self.config.cpu, in_shardings=(None, replicated, batch_sharding),
-                   out_shardings=batch_sharding)
+    return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
