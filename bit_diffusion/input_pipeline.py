@@ -4,15 +4,15 @@ A *source* gives random access to the examples of a dataset (`get(indices)`);
 `batches.BatchIterator` turns it into a resumable, host-sharded stream of batches.
 
 Sources: 'digits' (scikit-learn's bundled 8x8 digits), 'npz', 'folder' (images decoded lazily),
-'cifar10' (TFDS, loaded into memory) and 'imagenet64' (TFDS `imagenet_resized/64x64`, read with
-random access from array_record files, never loaded into memory).
+and TFDS: 'cifar10', 'imagenet64' (`imagenet_resized/64x64`) or any TFDS image dataset of
+fixed-size images ('tfds' with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'svhn_cropped'). A TFDS
+dataset of up to `TFDS_IN_MEMORY_BYTES` is loaded into memory; a larger one is read with random
+access from its array_record files, never loaded whole.
 """
 
 import dataclasses
 import importlib.util
 import os
-import socket
-import threading
 import urllib.parse
 import urllib.request
 
@@ -21,6 +21,11 @@ import numpy as np
 from PIL import Image
 
 from bit_diffusion import batches
+from bit_diffusion import downloads
+
+# TFDS image datasets up to this size (images' bytes) are loaded into memory (CIFAR-10: 150 MB);
+# larger ones (ImageNet 64x64: 15.7 GB) are read with random access.
+TFDS_IN_MEMORY_BYTES = 2 * 1024**3
 
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 # PIL modes with 8 bits per channel; 16-bit and float images are refused.
@@ -89,10 +94,11 @@ class FolderSource:
 
 
 class TfdsRandomAccessSource:
-  """A TFDS data source (array_record): examples read and decoded on demand."""
+  """A TFDS data source (array_record): examples read and decoded on demand; `has_labels`: the
+  examples have a 'label' (else every label is 0)."""
 
-  def __init__(self, data_source):
-    self.data_source = data_source
+  def __init__(self, data_source, has_labels: bool = True):
+    self.data_source, self.has_labels = data_source, has_labels
 
   def __len__(self) -> int:
     return len(self.data_source)
@@ -101,8 +107,9 @@ class TfdsRandomAccessSource:
     keys = [int(i) for i in indices]
     get_many = getattr(self.data_source, '__getitems__', None)  # Batched, parallel reads.
     examples = get_many(keys) if get_many else [self.data_source[k] for k in keys]
+    labels = [ex['label'] if self.has_labels else 0 for ex in examples]
     return {'images': np.stack([ex['image'] for ex in examples]),
-            'labels': np.array([ex['label'] for ex in examples], np.int32)}
+            'labels': np.array(labels, np.int32)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,11 +125,11 @@ def create_source(data_config) -> tuple[batches.Source, DatasetInfo]:
     source, num_classes, class_names = _npz_source(data_config)
   elif name == 'folder':
     source, num_classes, class_names = _folder_source(data_config)
-  elif name in _TFDS_DATASETS:
+  elif name in _TFDS_DATASETS or name == 'tfds':
     source, num_classes, class_names = _tfds_source(data_config)
   else:
     raise ValueError(f"Unknown data.name {name!r}: use 'cifar10', 'imagenet64', 'digits', "
-                     "'folder' or 'npz'.")
+                     "'folder', 'npz', or 'tfds' with data.tfds_name (any TFDS image dataset).")
   if len(source) == 0:
     raise ValueError(f'Dataset {name!r} has no examples.')
   top = data_config.get('display_max', 0)
@@ -284,38 +291,76 @@ def _folder_source(data_config):
   return source, len(class_names), class_names
 
 
-# TFDS name, and the host its builder downloads from (probed before any download attempt).
+# TFDS name, the host its builder downloads from (probed before any download attempt), and the
+# train split's size.
 _TFDS_DATASETS = {
-    'cifar10': ('cifar10', 'www.cs.toronto.edu'),
-    'imagenet64': ('imagenet_resized/64x64', 'www.image-net.org'),
+    'cifar10': ('cifar10', 'www.cs.toronto.edu', 50_000),
+    'imagenet64': ('imagenet_resized/64x64', 'www.image-net.org', 1_281_167),
 }
 
 
+def tfds_dataset_name(data_config) -> str:
+  """The TFDS name of `data.name` ('cifar10', 'imagenet64', or 'tfds' with `data.tfds_name`)."""
+  if data_config.name in _TFDS_DATASETS:
+    return _TFDS_DATASETS[data_config.name][0]
+  tfds_name = data_config.get('tfds_name', '')
+  if not tfds_name:
+    raise ValueError("data.name='tfds' needs the dataset's TFDS name: set "
+                     "--config.data.tfds_name (e.g. 'mnist', 'cifar100', 'svhn_cropped', "
+                     "'imagenet_resized/32x32').")
+  return tfds_name
+
+
 def _tfds_source(data_config):
-  """CIFAR-10 (into memory) or ImageNet 64x64 (random access), from TFDS's data_dir."""
+  """A TFDS image dataset from TFDS's data_dir: into memory when small (CIFAR-10), else random
+  access (ImageNet 64x64). Its 'image' feature is the image, its 'label' (if any) the class."""
   import tensorflow_datasets as tfds  # Imported here: it is slow and only these sources need it.
 
-  tfds_name, host = _TFDS_DATASETS[data_config.name]
-  builder = tfds.builder(tfds_name, data_dir=data_config.data_dir or None)
+  tfds_name = tfds_dataset_name(data_config)
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_config.data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'TFDS has no dataset {tfds_name!r}, and data_dir '
+                     f'({data_config.data_dir or "the TFDS default"}) holds none of that name. '
+                     'Set --config.data.tfds_name to a name of the TFDS catalogue '
+                     '(https://www.tensorflow.org/datasets/catalog), e.g. mnist.') from e
   if not builder.is_prepared():
+    host = (_TFDS_DATASETS[data_config.name][1] if data_config.name in _TFDS_DATASETS
+            else _download_host(builder))
     _download_and_prepare(builder, tfds_name, host, data_config)
   features = builder.info.features
-  image_shape = tuple(features['image'].shape)
+  image = features['image'] if 'image' in features else None
+  if not isinstance(image, tfds.features.Image):
+    raise ValueError(f"{tfds_name} has no 'image' feature of images (its features: "
+                     f'{", ".join(features)}); only TFDS image datasets can be used.')
+  image_shape = tuple(image.shape)
   size, channels = data_config.image_size, data_config.channels
   if image_shape != (size, size, channels):
+    if None in image_shape or image_shape[0] != image_shape[1]:
+      raise ValueError(f'{tfds_name} images are {list(image_shape)} (None: varies), not square '
+                       'images of one size. Resize them into a folder of images and use '
+                       "data.name='folder' (it centre-crops and resizes to data.image_size).")
     raise ValueError(f'{tfds_name} images are {list(image_shape)} but the config asks for '
-                     f'[{size}, {size}, {channels}]. Set --config.data.image_size and channels.')
+                     f'[{size}, {size}, {channels}]. Set --config.data.image_size='
+                     f'{image_shape[0]} --config.data.channels={image_shape[2]}.')
   if data_config.num_bits < 8:
     raise ValueError(f'{tfds_name} has 8-bit images but data.num_bits={data_config.num_bits}. '
                      'Set --config.data.num_bits=8.')
-  label = features['label']
+  label = features['label'] if 'label' in features else None
+  if not isinstance(label, tfds.features.ClassLabel):
+    label = None  # No labels, or labels that are not classes: unconditional only.
+  num_classes, class_names = (label.num_classes, label.names) if label else (0, [])
+  fits_in_memory = lambda n: n * int(np.prod(image_shape)) <= TFDS_IN_MEMORY_BYTES
+  num_examples = _train_examples(builder, data_config)
   random_access = tfds.core.FileFormat.with_random_access()
-  if data_config.name == 'cifar10' and not builder.info.available_file_formats() & random_access:
+  if (not builder.info.available_file_formats() & random_access
+      and (num_examples is None or fits_in_memory(num_examples))):
     # tfrecord files: read with tf.data. (batch_size=-1 aborts the process under mock_data.)
     chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
-    source = _array_source(np.concatenate([c['image'] for c in chunks]),
-                           np.concatenate([c['label'] for c in chunks]), data_config, tfds_name)
-    return source, label.num_classes, label.names
+    labels = np.concatenate([c['label'] for c in chunks]) if label else None
+    source = _array_source(np.concatenate([c['image'] for c in chunks]), labels, data_config,
+                           tfds_name)
+    return source, num_classes, class_names
   try:
     data_source = builder.as_data_source(split='train')
   except NotImplementedError as e:  # Prepared as tfrecord only.
@@ -325,16 +370,35 @@ def _tfds_source(data_config):
         '--out_file_format=array_record` (the tfds command needs `pip install apache-beam`), or '
         f'rebuild it: `tfds build {tfds_name} --file_format=array_record --data_dir=DATA_DIR`.'
     ) from e
-  source = TfdsRandomAccessSource(data_source)
-  if data_config.name == 'cifar10':  # 50K x 32 x 32 x 3 bytes: keep it in memory.
+  source = TfdsRandomAccessSource(data_source, has_labels=label is not None)
+  if fits_in_memory(len(source)):
     chunks = [source.get(np.arange(i, min(i + 1024, len(source))))
               for i in range(0, len(source), 1024)]
-    source = _array_source(np.concatenate([c['images'] for c in chunks]),
-                           np.concatenate([c['labels'] for c in chunks]), data_config, tfds_name)
-  return source, label.num_classes, label.names
+    labels = np.concatenate([c['labels'] for c in chunks]) if label else None
+    source = _array_source(np.concatenate([c['images'] for c in chunks]), labels, data_config,
+                           tfds_name)
+  return source, num_classes, class_names
 
 
-def _download_and_prepare(builder, tfds_name: str, host: str, data_config) -> None:
+def _train_examples(builder, data_config) -> int | None:
+  """The size of the train split as TFDS records it (for 'cifar10' and 'imagenet64' also when it
+  does not, as under `tfds.testing.mock_data`); None when unknown."""
+  splits = builder.info.splits
+  if 'train' in splits.keys():
+    return splits['train'].num_examples
+  return _TFDS_DATASETS.get(data_config.name, (None, None, None))[2]
+
+
+def _download_host(builder) -> str | None:
+  """The host a TFDS builder downloads its first file from (None if it does not say)."""
+  for url in sorted(getattr(builder, 'url_infos', None) or {}):
+    host = urllib.parse.urlsplit(url).hostname
+    if host:
+      return host
+  return None
+
+
+def _download_and_prepare(builder, tfds_name: str, host: str | None, data_config) -> None:
   """Builds a missing TFDS dataset, or fails at once with instructions when it cannot."""
   where = data_config.data_dir or 'the TFDS default'
   help_text = (
@@ -347,38 +411,13 @@ def _download_and_prepare(builder, tfds_name: str, host: str, data_config) -> No
   if not data_config.download:
     raise FileNotFoundError(f'{help_text} (Downloading is off: data.download=False.)')
   # TFDS retries an unreachable host for minutes (204 s measured offline); probe it first.
-  unreachable = _unreachable(host)
+  unreachable = downloads.unreachable(host) if host else None
   if unreachable:
     raise FileNotFoundError(f'{help_text} (Cannot download: {unreachable}.)')
   try:
     builder.download_and_prepare(file_format='array_record')
   except Exception as e:
     raise RuntimeError(f'{help_text} (Download failed: {type(e).__name__}: {e}.)') from e
-
-
-def _unreachable(host: str, timeout: float = 3.0) -> str | None:
-  """Returns why `host` (or the HTTPS proxy) is unreachable on port 443, or None if it is not."""
-  proxy = urllib.request.getproxies().get('https')
-  if proxy and not urllib.request.proxy_bypass(host):
-    parsed = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
-    address = (parsed.hostname, parsed.port or 80)
-  else:
-    address = (host, 443)
-  errors = []
-
-  def connect():
-    try:
-      socket.create_connection(address, timeout=timeout).close()
-    except OSError as e:
-      errors.append(f'{type(e).__name__}: {e}')
-    else:
-      errors.append(None)
-
-  thread = threading.Thread(target=connect, daemon=True)  # DNS lookups ignore `timeout`.
-  thread.start()
-  thread.join(timeout + 1.0)
-  reason = errors[0] if errors else f'no answer within {timeout + 1.0:.0f} s'
-  return f'{address[0]}:{address[1]} unreachable ({reason})' if reason else None
 
 
 # ---------------------------------------------------------------------------------------------

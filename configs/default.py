@@ -15,8 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = common.engine_config(task='image', method='bit_diffusion')
 
   config.data = ml_collections.ConfigDict()
-  # 'cifar10' | 'imagenet64' (TFDS), 'digits' (scikit-learn, embedded), 'folder', 'npz'.
+  # 'cifar10' | 'imagenet64' (TFDS), 'digits' (scikit-learn, embedded), 'folder', 'npz', or
+  # 'tfds': any TFDS dataset of fixed-size square images, named by tfds_name.
   config.data.name = 'cifar10'
+  config.data.tfds_name = ''  # For 'tfds': e.g. 'mnist', 'cifar100', 'imagenet_resized/32x32'.
   config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets).
   # TFDS datasets missing from data_dir: build them on first use (needs network; fails at once
   # with instructions when the download host is unreachable). False: only the error.

@@ -299,6 +299,9 @@ CASES = [
         **{'data.name': 'npz', 'data.path': os.path.join(t, 'nope.npz')})), FileNotFoundError),
     ('Corrupt image in a folder dataset', _corrupt_folder, ValueError),
     ('Dataset not prepared and no network (TFDS cifar10)', _missing_cifar10, FileNotFoundError),
+    ('Misspelt TFDS dataset name', lambda t: _load(tiny.tiny_cifar10(
+        **{'data.name': 'tfds', 'data.tfds_name': 'mnsit', 'data.download': False,
+           'data.data_dir': os.path.join(t, 'tfds')})), ValueError),
     ('Checkpoint in the workdir from a different model config', _other_checkpoint, ValueError),
     ('Workdir that cannot be written', _unwritable_workdir, PermissionError),
     ('Caption tokenizer file that is not a SentencePiece model', _not_a_tokenizer, ValueError),

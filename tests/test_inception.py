@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bit_diffusion import input_pipeline
+from bit_diffusion import downloads
 from bit_diffusion.metrics import features
 from bit_diffusion.metrics import inception
 from configs import cifar10
@@ -99,7 +99,7 @@ def test_fid_without_weights_or_network_fails_at_once(tmp_path, monkeypatch):
   config = cifar10.get_config()
   config.eval.cache_dir = str(tmp_path)
   # As on a machine without network: the download host does not answer.
-  monkeypatch.setattr(input_pipeline, '_unreachable', lambda host: f'{host}:443 unreachable')
+  monkeypatch.setattr(downloads, 'unreachable', lambda host: f'{host}:443 unreachable')
   start = time.time()
   with pytest.raises(FileNotFoundError) as error:
     features.create_feature_net(config.eval)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from bit_diffusion import batches
+from bit_diffusion import downloads
 from bit_diffusion import input_pipeline
 from configs import default
 
@@ -255,7 +256,7 @@ def test_create_train_iterator():
 def test_cifar10_with_mock_data(monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
   # Under mock_data the dataset counts as not prepared, its download as a no-op.
-  monkeypatch.setattr(input_pipeline, '_unreachable', lambda host: None)
+  monkeypatch.setattr(downloads, 'unreachable', lambda host: None)
   with tfds.testing.mock_data(num_examples=12):
     source, info = input_pipeline.create_source(_data_config(name='cifar10',
                                                              class_conditional=True))
@@ -269,7 +270,7 @@ def test_cifar10_with_mock_data(monkeypatch):
 
 def test_imagenet64_random_access(monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(input_pipeline, '_unreachable', lambda host: None)
+  monkeypatch.setattr(downloads, 'unreachable', lambda host: None)
   rng = np.random.default_rng(0)
   examples = [{'image': rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), 'label': 7 * i}
               for i in range(6)]
@@ -305,7 +306,9 @@ def _store_tfds(data_dir, name, config, version, file_format, n):
 
 
 @pytest.mark.parametrize('file_format', ['array_record', 'tfrecord'])
-def test_prepared_tfds_datasets(tmp_path, file_format):
+def test_prepared_tfds_datasets(tmp_path, file_format, monkeypatch):
+  """Small datasets are loaded into memory; larger than TFDS_IN_MEMORY_BYTES (ImageNet 64x64:
+  15.7 GB; here set to 0) they are read with random access, which needs array_record files."""
   _store_tfds(tmp_path, 'cifar10', None, '3.0.2', file_format, n=5)
   source, info = input_pipeline.create_source(_data_config(name='cifar10', data_dir=str(tmp_path),
                                                            download=False))
@@ -317,6 +320,9 @@ def test_prepared_tfds_datasets(tmp_path, file_format):
 
   _store_tfds(tmp_path, 'imagenet_resized', '64x64', '0.1.0', file_format, n=3)
   config = _data_config(name='imagenet64', data_dir=str(tmp_path), image_size=64, download=False)
+  small, _ = input_pipeline.create_source(config)
+  assert isinstance(small, input_pipeline.ArraySource) and len(small) == 3
+  monkeypatch.setattr(input_pipeline, 'TFDS_IN_MEMORY_BYTES', 0)
   if file_format == 'tfrecord':
     with pytest.raises(ValueError, match='tfds convert_format'):
       input_pipeline.create_source(config)
@@ -329,6 +335,86 @@ def test_prepared_tfds_datasets(tmp_path, file_format):
   np.testing.assert_array_equal(batch['images'][:, 0, 0, 0], 7 * batch['labels'])
 
 
+def test_any_tfds_image_dataset_by_name_with_mock_data(monkeypatch):
+  """data.name='tfds' opens a TFDS image dataset by its name (here MNIST: 28x28 grey, 10
+  classes); a config of another size is told the dataset's, a non-square dataset is refused."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(downloads, 'unreachable', lambda host: None)
+  config = _data_config(name='tfds', tfds_name='mnist', image_size=28, channels=1,
+                        class_conditional=True)
+  with tfds.testing.mock_data(num_examples=12):
+    source, info = input_pipeline.create_source(config)
+    with pytest.raises(ValueError, match=r'mnist images are \[28, 28, 1\] but the config asks for '
+                       r'\[32, 32, 3\]. Set --config.data.image_size=28 --config.data.channels=1'):
+      input_pipeline.create_source(_data_config(name='tfds', tfds_name='mnist'))
+    with pytest.raises(ValueError, match=r'celeb_a images are \[218, 178, 3\] .*not square'):
+      input_pipeline.create_source(_data_config(name='tfds', tfds_name='celeb_a', image_size=64))
+  assert (info.num_examples, info.image_size, info.channels, info.num_classes) == (12, 28, 1, 10)
+  assert info.class_names == tuple(str(d) for d in range(10))
+  batch = source.get(np.arange(12))
+  assert batch['images'].shape == (12, 28, 28, 1) and batch['images'].dtype == np.uint8
+  assert batch['labels'].min() >= 0 and batch['labels'].max() < 10
+
+
+def test_prepared_tfds_image_dataset_without_labels(tmp_path, monkeypatch):
+  """Any TFDS image dataset in data_dir (one the test makes: unlabelled 8x8 RGB, image i all
+  7 * i), in memory or with random access: exact pixels, no labels; bad names are refused."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  pytest.importorskip('importlib_resources', reason='TFDS needs it to prepare any dataset')
+  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3))})
+  examples = [(i, {'image': np.full((8, 8, 3), 7 * i, np.uint8)}) for i in range(5)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='unlabelled_squares', version='1.0.0', features=features, data_dir=str(tmp_path),
+      split_datasets={'train': examples}, file_format='array_record')
+  config = _data_config(name='tfds', tfds_name='unlabelled_squares', data_dir=str(tmp_path),
+                        image_size=8, download=False)
+  for limit, kind in ((2**31, input_pipeline.ArraySource),
+                      (0, input_pipeline.TfdsRandomAccessSource)):
+    monkeypatch.setattr(input_pipeline, 'TFDS_IN_MEMORY_BYTES', limit)
+    source, info = input_pipeline.create_source(config)
+    assert isinstance(source, kind)
+    assert (info.name, info.num_examples, info.num_classes) == ('tfds', 5, 0)
+    batch = source.get(np.arange(5))  # TFDS stores the examples in an order of its own.
+    np.testing.assert_array_equal(np.sort(batch['images'].reshape(5, -1), axis=0),
+                                  np.repeat(7 * np.arange(5)[:, None], 192, 1))
+    assert (batch['images'] == batch['images'][:, :1, :1, :1]).all()  # Each image one value.
+    np.testing.assert_array_equal(batch['labels'], np.zeros(5))
+  with pytest.raises(ValueError, match="dataset 'tfds' has no labels"):
+    input_pipeline.create_source(_data_config(config, class_conditional=True))
+  with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_images'"):
+    input_pipeline.create_source(_data_config(config, tfds_name='no_such_images'))
+  with pytest.raises(ValueError, match="data.name='tfds' needs .* --config.data.tfds_name"):
+    input_pipeline.create_source(_data_config(config, tfds_name=''))
+
+
+def test_missing_tfds_dataset_probes_its_own_download_host(tmp_path, monkeypatch):
+  """A dataset that is not prepared: the host its TFDS builder downloads from is probed first
+  (MNIST's: storage.googleapis.com), and an unreachable one fails at once with instructions."""
+  pytest.importorskip('tensorflow_datasets')
+  probed = []
+  monkeypatch.setattr(downloads, 'unreachable',
+                      lambda host: probed.append(host) or 'unreachable (test)')
+  with pytest.raises(FileNotFoundError, match='tfds build mnist') as error:
+    input_pipeline.create_source(_data_config(name='tfds', tfds_name='mnist', image_size=28,
+                                              channels=1, data_dir=str(tmp_path)))
+  assert probed == ['storage.googleapis.com'] and 'Cannot download' in str(error.value)
+
+
+def test_reference_statistics_are_kept_per_tfds_dataset():
+  """Two TFDS datasets never share FID reference statistics; other sources keep their keys."""
+  from bit_diffusion.metrics import features
+  config = default.get_config()
+  cifar10 = features.reference_key(config)
+  config.data.name = 'tfds'
+  config.data.tfds_name = 'imagenet_resized/32x32'
+  imagenet32 = features.reference_key(config)
+  config.data.tfds_name = 'cifar100'
+  cifar100 = features.reference_key(config)
+  assert cifar10.startswith('cifar10_32px_inception_')
+  assert imagenet32.startswith('tfds_imagenet_resized_32x32_32px_')
+  assert cifar100.startswith('tfds_cifar100_32px_') and len({cifar10, imagenet32, cifar100}) == 3
+
+
 @pytest.mark.parametrize('download', [False, True])
 def test_missing_cifar10_fails_fast(tmp_path, monkeypatch, download):
   tfds = pytest.importorskip('tensorflow_datasets')
@@ -338,7 +424,8 @@ def test_missing_cifar10_fails_fast(tmp_path, monkeypatch, download):
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_download)
   # An unresolvable host (RFC 6761), so the test never downloads on a machine with network.
-  monkeypatch.setitem(input_pipeline._TFDS_DATASETS, 'cifar10', ('cifar10', 'host.invalid'))
+  monkeypatch.setitem(input_pipeline._TFDS_DATASETS, 'cifar10',
+                      ('cifar10', 'host.invalid', 50_000))
   start = time.time()
   with pytest.raises(FileNotFoundError) as error:
     input_pipeline.create_source(_data_config(name='cifar10', data_dir=str(tmp_path),

@@ -17,6 +17,7 @@ from PIL import Image
 
 from bit_diffusion import cpu
 from bit_diffusion import distributed
+from bit_diffusion import downloads
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import evaluate
 from bit_diffusion import image_infill
@@ -162,7 +163,7 @@ def test_loss_falls_on_a_small_dataset(tmp_path):
 def test_cifar10_config_trains_two_steps_under_mock_data(tmp_path, monkeypatch):
   # Under mock_data the dataset counts as not prepared; the mocked "download" makes no request,
   # so only the network probe is told that the host is reachable.
-  monkeypatch.setattr(input_pipeline, '_unreachable', lambda host: None)
+  monkeypatch.setattr(downloads, 'unreachable', lambda host: None)
   with tfds.testing.mock_data(num_examples=16):
     state = train_loop.train_and_evaluate(tiny.tiny_cifar10(), str(tmp_path))
   assert int(state.step) == 2

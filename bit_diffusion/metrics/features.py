@@ -127,8 +127,12 @@ def reference_key(config) -> str:
               'bits': data.num_bits, 'display_max': data.display_max, 'net': ev.feature_net,
               'reference': ev.reference, 'max_real': ev.max_real_features,
               'weights': os.path.basename(ev.inception_weights)}
+  name = data.name
+  if name == 'tfds':  # The dataset's own name; other sources' keys stay as they were.
+    identity['tfds_name'] = data.get('tfds_name', '')
+    name = 'tfds_' + identity['tfds_name'].replace('/', '_')
   digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-  return f'{data.name}_{data.image_size}px_{ev.feature_net}_{ev.reference}_{digest}.npz'
+  return f'{name}_{data.image_size}px_{ev.feature_net}_{ev.reference}_{digest}.npz'
 
 
 def _real_features(source, indices: np.ndarray, extractor: Extractor, max_value: int,

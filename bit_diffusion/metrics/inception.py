@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bit_diffusion import downloads
 from bit_diffusion import param_keys
 
 WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -364,8 +365,7 @@ def resolve_weights(path: str = '', cache_dir: str = '', download: bool = True) 
   if not os.path.exists(pth_path):
     if not download:
       raise FileNotFoundError(_instructions(npz_path, pth_path))
-    from bit_diffusion import input_pipeline  # The offline check shared with TFDS downloads.
-    reason = input_pipeline._unreachable(urllib.parse.urlsplit(WEIGHTS_URL).hostname)
+    reason = downloads.unreachable(urllib.parse.urlsplit(WEIGHTS_URL).hostname)
     if reason:
       raise FileNotFoundError(f'Cannot download the Inception weights: {reason}.\n' +
                               _instructions(npz_path, pth_path))
