@@ -4,10 +4,11 @@ A *source* gives random access to the examples of a dataset (`get(indices)`);
 `batches.BatchIterator` turns it into a resumable, host-sharded stream of batches.
 
 Sources: 'digits' (scikit-learn's bundled 8x8 digits), 'npz', 'folder' (images decoded lazily),
-and TFDS: 'cifar10', 'imagenet64' (`imagenet_resized/64x64`) or any TFDS image dataset of
-fixed-size images ('tfds' with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'svhn_cropped'). A TFDS
-dataset of up to `TFDS_IN_MEMORY_BYTES` is loaded into memory; a larger one is read with random
-access from its array_record files, never loaded whole.
+and TFDS: 'cifar10', 'imagenet64' (`imagenet_resized/64x64`) or any TFDS image dataset ('tfds'
+with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'celeb_a'). A TFDS dataset of square images of
+`data.image_size` and up to `TFDS_IN_MEMORY_BYTES` is loaded into memory; a larger one is read
+with random access from its array_record files, never loaded whole, as is one of non-square or
+varying-size images, fitted to `data.image_size` as it is read (`fit_square`, as a folder's).
 """
 
 import dataclasses
@@ -83,22 +84,29 @@ class FolderSource:
     except (OSError, ValueError, SyntaxError) as e:
       raise ValueError(f'Cannot decode image {path} (example {index}): {e}. Remove or replace '
                        'the file.') from e
-    width, height = image.size
-    if (width, height) != (size, size):
-      scale = size / min(width, height)
-      width, height = max(size, round(width * scale)), max(size, round(height * scale))
-      image = image.resize((width, height), Image.Resampling.BICUBIC)  # Antialiased when shrinking.
-      left, top = (width - size) // 2, (height - size) // 2
-      image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, np.uint8)
+    return np.asarray(fit_square(image, size), np.uint8)
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+  """The shorter side scaled to `size` (bicubic, antialiased when shrinking), then the centre
+  `size` x `size` crop: how 'folder' images and non-square TFDS images become training images."""
+  width, height = image.size
+  if (width, height) == (size, size):
+    return image
+  scale = size / min(width, height)
+  width, height = max(size, round(width * scale)), max(size, round(height * scale))
+  image = image.resize((width, height), Image.Resampling.BICUBIC)
+  left, top = (width - size) // 2, (height - size) // 2
+  return image.crop((left, top, left + size, top + size))
 
 
 class TfdsRandomAccessSource:
   """A TFDS data source (array_record): examples read and decoded on demand; `has_labels`: the
-  examples have a 'label' (else every label is 0)."""
+  examples have a 'label' (else every label is 0); `fit_size`: images are fitted to that square
+  size by `fit_square` (for non-square images; 0: taken as they are)."""
 
-  def __init__(self, data_source, has_labels: bool = True):
-    self.data_source, self.has_labels = data_source, has_labels
+  def __init__(self, data_source, has_labels: bool = True, fit_size: int = 0):
+    self.data_source, self.has_labels, self.fit_size = data_source, has_labels, fit_size
 
   def __len__(self) -> int:
     return len(self.data_source)
@@ -108,8 +116,12 @@ class TfdsRandomAccessSource:
     get_many = getattr(self.data_source, '__getitems__', None)  # Batched, parallel reads.
     examples = get_many(keys) if get_many else [self.data_source[k] for k in keys]
     labels = [ex['label'] if self.has_labels else 0 for ex in examples]
-    return {'images': np.stack([ex['image'] for ex in examples]),
-            'labels': np.array(labels, np.int32)}
+    images = [ex['image'] for ex in examples]
+    if self.fit_size:
+      images = [np.asarray(fit_square(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im),
+                                      self.fit_size)).reshape(self.fit_size, self.fit_size, -1)
+                for im in images]
+    return {'images': np.stack(images), 'labels': np.array(labels, np.int32)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,11 +347,12 @@ def _tfds_source(data_config):
                      f'{", ".join(features)}); only TFDS image datasets can be used.')
   image_shape = tuple(image.shape)
   size, channels = data_config.image_size, data_config.channels
-  if image_shape != (size, size, channels):
-    if None in image_shape or image_shape[0] != image_shape[1]:
-      raise ValueError(f'{tfds_name} images are {list(image_shape)} (None: varies), not square '
-                       'images of one size. Resize them into a folder of images and use '
-                       "data.name='folder' (it centre-crops and resizes to data.image_size).")
+  # Not square, or of varying size (None): fitted to image_size as a folder's images are.
+  fit = None in image_shape[:2] or image_shape[0] != image_shape[1]
+  if image_shape[2] != channels:
+    raise ValueError(f'{tfds_name} images have {image_shape[2]} channels but the config asks '
+                     f'for {channels}. Set --config.data.channels={image_shape[2]}.')
+  if not fit and image_shape != (size, size, channels):
     raise ValueError(f'{tfds_name} images are {list(image_shape)} but the config asks for '
                      f'[{size}, {size}, {channels}]. Set --config.data.image_size='
                      f'{image_shape[0]} --config.data.channels={image_shape[2]}.')
@@ -350,10 +363,11 @@ def _tfds_source(data_config):
   if not isinstance(label, tfds.features.ClassLabel):
     label = None  # No labels, or labels that are not classes: unconditional only.
   num_classes, class_names = (label.num_classes, label.names) if label else (0, [])
-  fits_in_memory = lambda n: n * int(np.prod(image_shape)) <= TFDS_IN_MEMORY_BYTES
+  # Fitted images are decoded and resized as they are read, so never loaded whole.
+  fits_in_memory = lambda n: not fit and n * size * size * channels <= TFDS_IN_MEMORY_BYTES
   num_examples = _train_examples(builder, data_config)
   random_access = tfds.core.FileFormat.with_random_access()
-  if (not builder.info.available_file_formats() & random_access
+  if (not builder.info.available_file_formats() & random_access and not fit
       and (num_examples is None or fits_in_memory(num_examples))):
     # tfrecord files: read with tf.data. (batch_size=-1 aborts the process under mock_data.)
     chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
@@ -370,7 +384,8 @@ def _tfds_source(data_config):
         '--out_file_format=array_record` (the tfds command needs `pip install apache-beam`), or '
         f'rebuild it: `tfds build {tfds_name} --file_format=array_record --data_dir=DATA_DIR`.'
     ) from e
-  source = TfdsRandomAccessSource(data_source, has_labels=label is not None)
+  source = TfdsRandomAccessSource(data_source, has_labels=label is not None,
+                                  fit_size=size if fit else 0)
   if fits_in_memory(len(source)):
     chunks = [source.get(np.arange(i, min(i + 1024, len(source))))
               for i in range(0, len(source), 1024)]

@@ -16,9 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # 'cifar10' | 'imagenet64' (TFDS), 'digits' (scikit-learn, embedded), 'folder', 'npz', or
-  # 'tfds': any TFDS dataset of fixed-size square images, named by tfds_name.
+  # 'tfds': any TFDS image dataset, named by tfds_name (non-square images: fitted as a folder's).
   config.data.name = 'cifar10'
-  config.data.tfds_name = ''  # For 'tfds': e.g. 'mnist', 'cifar100', 'imagenet_resized/32x32'.
+  config.data.tfds_name = ''  # For 'tfds': e.g. 'mnist', 'cifar100', 'celeb_a'.
   config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets).
   # TFDS datasets missing from data_dir: build them on first use (needs network; fails at once
   # with instructions when the download host is unreachable). False: only the error.

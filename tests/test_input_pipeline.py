@@ -337,18 +337,19 @@ def test_prepared_tfds_datasets(tmp_path, file_format, monkeypatch):
 
 def test_any_tfds_image_dataset_by_name_with_mock_data(monkeypatch):
   """data.name='tfds' opens a TFDS image dataset by its name (here MNIST: 28x28 grey, 10
-  classes); a config of another size is told the dataset's, a non-square dataset is refused."""
+  classes); a config of another size or channel count is told the dataset's."""
   tfds = pytest.importorskip('tensorflow_datasets')
   monkeypatch.setattr(downloads, 'unreachable', lambda host: None)
   config = _data_config(name='tfds', tfds_name='mnist', image_size=28, channels=1,
                         class_conditional=True)
   with tfds.testing.mock_data(num_examples=12):
     source, info = input_pipeline.create_source(config)
-    with pytest.raises(ValueError, match=r'mnist images are \[28, 28, 1\] but the config asks for '
-                       r'\[32, 32, 3\]. Set --config.data.image_size=28 --config.data.channels=1'):
+    with pytest.raises(ValueError, match=r'mnist images have 1 channels but the config asks '
+                       r'for 3. Set --config.data.channels=1.'):
       input_pipeline.create_source(_data_config(name='tfds', tfds_name='mnist'))
-    with pytest.raises(ValueError, match=r'celeb_a images are \[218, 178, 3\] .*not square'):
-      input_pipeline.create_source(_data_config(name='tfds', tfds_name='celeb_a', image_size=64))
+    with pytest.raises(ValueError, match=r'mnist images are \[28, 28, 1\] but the config asks for '
+                       r'\[32, 32, 1\]. Set --config.data.image_size=28 --config.data.channels=1'):
+      input_pipeline.create_source(_data_config(name='tfds', tfds_name='mnist', channels=1))
   assert (info.num_examples, info.image_size, info.channels, info.num_classes) == (12, 28, 1, 10)
   assert info.class_names == tuple(str(d) for d in range(10))
   batch = source.get(np.arange(12))
@@ -385,6 +386,34 @@ def test_prepared_tfds_image_dataset_without_labels(tmp_path, monkeypatch):
     input_pipeline.create_source(_data_config(config, tfds_name='no_such_images'))
   with pytest.raises(ValueError, match="data.name='tfds' needs .* --config.data.tfds_name"):
     input_pipeline.create_source(_data_config(config, tfds_name=''))
+
+
+def test_non_square_tfds_images_are_fitted_as_a_folders(tmp_path):
+  """TFDS images that are not square or vary in size (CelebA, LSUN) are fitted to
+  data.image_size as they are read: shorter side scaled, centre crop. Pixel (r, c) of each image
+  made here is 10 c + r, so the crop's offset shows in every value."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  pytest.importorskip('importlib_resources', reason='TFDS needs it to prepare any dataset')
+  grid = lambda h, w: (10 * np.arange(w)[None, :] + np.arange(h)[:, None]).astype(np.uint8)
+  features = tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(None, None, 1)),
+                                         'label': tfds.features.ClassLabel(num_classes=2)})
+  shapes = {0: (8, 12), 1: (16, 8), 2: (16, 24)}  # Wide, tall, and wide at twice the size.
+  examples = [(i, {'image': grid(*shapes[i])[..., None], 'label': i % 2}) for i in range(3)]
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='mixed_sizes', version='1.0.0', features=features, data_dir=str(tmp_path),
+      split_datasets={'train': examples}, file_format='array_record')
+  source, info = input_pipeline.create_source(_data_config(
+      name='tfds', tfds_name='mixed_sizes', data_dir=str(tmp_path), image_size=8, channels=1,
+      download=False))
+  assert isinstance(source, input_pipeline.TfdsRandomAccessSource) and info.num_classes == 2
+  batch = source.get(np.arange(3))
+  assert batch['images'].shape == (3, 8, 8, 1)
+  by_corner = {int(im[0, 0, 0]): im[..., 0] for im in batch['images']}
+  np.testing.assert_array_equal(by_corner[20], grid(8, 12)[:, 2:10])  # Columns 2..9 kept.
+  np.testing.assert_array_equal(by_corner[4], grid(16, 8)[4:12])  # Rows 4..11 kept.
+  halved = np.asarray(input_pipeline.fit_square(Image.fromarray(grid(16, 24)), 8))
+  assert halved.shape == (8, 8) and not np.array_equal(halved, by_corner[20])
+  np.testing.assert_array_equal(by_corner[int(halved[0, 0])], halved)
 
 
 def test_missing_tfds_dataset_probes_its_own_download_host(tmp_path, monkeypatch):
