@@ -74,8 +74,10 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
     jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
+  # Abstract shapes only, nothing compiled; a network the config cannot build (e.g. more
+  # attention channels per head than a layer has) fails here, before the checkpoints folder.
+  engine = engine_lib.Engine(config, method)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
-  engine = engine_lib.Engine(config, method)  # Abstract shapes only: nothing is compiled yet.
   state, start_step = None, 0
   if manager.all_steps():  # The newest checkpoint that reads; broken newer ones set aside.
     state, start_step = engine.restore(manager, set_aside_broken=True)

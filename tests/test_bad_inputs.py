@@ -403,6 +403,16 @@ def test_bad_input_gets_the_documented_message(index, tmp_path):
       'The message changed: run `python -m tests.test_bad_inputs` to update docs/bad_inputs.md.')
 
 
+def test_network_the_config_cannot_build_leaves_no_checkpoints_folder(tmp_path):
+  """Found when the network's shapes are built, before the checkpoint manager would make its
+  folder (the file snapshots of the cases above do not see an empty folder)."""
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='head_dim=64 exceeds the 16 channels'):
+    train_loop.train_and_evaluate(tiny.tiny_digits(**{'model.head_dim': 64}),
+                                  workdir)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
 def test_docs_table_is_current():
   assert list(_documented_messages()) == [c[0] for c in CASES]
 
