@@ -311,7 +311,7 @@ _TFDS_DATASETS = {
 }
 
 
-def tfds_dataset_name(data_config) -> str:
+def _tfds_name(data_config) -> str:
   """The TFDS name of `data.name` ('cifar10', 'imagenet64', or 'tfds' with `data.tfds_name`)."""
   if data_config.name in _TFDS_DATASETS:
     return _TFDS_DATASETS[data_config.name][0]
@@ -328,7 +328,7 @@ def _tfds_source(data_config):
   access (ImageNet 64x64). Its 'image' feature is the image, its 'label' (if any) the class."""
   import tensorflow_datasets as tfds  # Imported here: it is slow and only these sources need it.
 
-  tfds_name = tfds_dataset_name(data_config)
+  tfds_name = _tfds_name(data_config)
   try:
     builder = tfds.builder(tfds_name, data_dir=data_config.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
