@@ -8,7 +8,7 @@ and TFDS: 'cifar10', 'imagenet64' (`imagenet_resized/64x64`) or any TFDS image d
 with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'celeb_a'). A TFDS dataset of square images of
 `data.image_size` and up to `TFDS_IN_MEMORY_BYTES` is loaded into memory; a larger one is read
 with random access from its array_record files, never loaded whole, as is one of non-square or
-varying-size images, fitted to `data.image_size` as it is read (`fit_square`, as a folder's).
+varying-size images, fitted to `data.image_size` as it is read (as a folder's: `image_files`).
 """
 
 import dataclasses
@@ -23,15 +23,11 @@ from PIL import Image
 
 from bit_diffusion import batches
 from bit_diffusion import downloads
+from bit_diffusion import image_files
 
 # TFDS image datasets up to this size (images' bytes) are loaded into memory (CIFAR-10: 150 MB);
 # larger ones (ImageNet 64x64: 15.7 GB) are read with random access.
 TFDS_IN_MEMORY_BYTES = 2 * 1024**3
-
-_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
-# PIL modes with 8 bits per channel; 16-bit and float images are refused.
-_EIGHT_BIT_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK',
-                    'YCbCr', 'LAB', 'HSV')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,51 +55,10 @@ class ArraySource:
     return {'images': self.images[indices], 'labels': self.labels[indices]}
 
 
-class FolderSource:
-  """Image files decoded with PIL on demand, resized (shorter side) and centre-cropped."""
-
-  def __init__(self, paths: list[str], labels: np.ndarray, image_size: int, channels: int):
-    self.paths, self.labels = paths, labels
-    self.image_size, self.mode = image_size, 'RGB' if channels == 3 else 'L'
-
-  def __len__(self) -> int:
-    return len(self.paths)
-
-  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    images = np.stack([self._decode(int(i)) for i in indices])
-    return {'images': images.reshape(len(indices), self.image_size, self.image_size, -1),
-            'labels': self.labels[indices]}
-
-  def _decode(self, index: int) -> np.ndarray:
-    """Returns uint8 [image_size, image_size(, 3)]."""
-    path, size = self.paths[index], self.image_size
-    try:
-      with Image.open(path) as image:
-        image.draft(self.mode, (size, size))  # JPEG: decode at a reduced scale >= size.
-        image = image.convert(self.mode)
-    except (OSError, ValueError, SyntaxError) as e:
-      raise ValueError(f'Cannot decode image {path} (example {index}): {e}. Remove or replace '
-                       'the file.') from e
-    return np.asarray(fit_square(image, size), np.uint8)
-
-
-def fit_square(image: Image.Image, size: int) -> Image.Image:
-  """The shorter side scaled to `size` (bicubic, antialiased when shrinking), then the centre
-  `size` x `size` crop: how 'folder' images and non-square TFDS images become training images."""
-  width, height = image.size
-  if (width, height) == (size, size):
-    return image
-  scale = size / min(width, height)
-  width, height = max(size, round(width * scale)), max(size, round(height * scale))
-  image = image.resize((width, height), Image.Resampling.BICUBIC)
-  left, top = (width - size) // 2, (height - size) // 2
-  return image.crop((left, top, left + size, top + size))
-
-
 class TfdsRandomAccessSource:
   """A TFDS data source (array_record): examples read and decoded on demand; `has_labels`: the
   examples have a 'label' (else every label is 0); `fit_size`: images are fitted to that square
-  size by `fit_square` (for non-square images; 0: taken as they are)."""
+  size by `image_files.fit_square` (for non-square images; 0: taken as they are)."""
 
   def __init__(self, data_source, has_labels: bool = True, fit_size: int = 0):
     self.data_source, self.has_labels, self.fit_size = data_source, has_labels, fit_size
@@ -117,10 +72,10 @@ class TfdsRandomAccessSource:
     examples = get_many(keys) if get_many else [self.data_source[k] for k in keys]
     labels = [ex['label'] if self.has_labels else 0 for ex in examples]
     images = [ex['image'] for ex in examples]
-    if self.fit_size:
-      images = [np.asarray(fit_square(Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im),
-                                      self.fit_size)).reshape(self.fit_size, self.fit_size, -1)
-                for im in images]
+    if self.fit_size:  # PIL takes grey images as [H, W].
+      pil_images = [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in images]
+      images = [np.asarray(image_files.fit_square(im, self.fit_size)).reshape(
+          self.fit_size, self.fit_size, -1) for im in pil_images]
     return {'images': np.stack(images), 'labels': np.array(labels, np.int32)}
 
 
@@ -136,7 +91,7 @@ def create_source(data_config) -> tuple[batches.Source, DatasetInfo]:
   elif name == 'npz':
     source, num_classes, class_names = _npz_source(data_config)
   elif name == 'folder':
-    source, num_classes, class_names = _folder_source(data_config)
+    source, num_classes, class_names = image_files.folder_source(data_config)
   elif name in _TFDS_DATASETS or name == 'tfds':
     source, num_classes, class_names = _tfds_source(data_config)
   else:
@@ -260,47 +215,6 @@ def _npz_source(data_config):
     num_classes = int(labels.max()) + 1 if len(labels) else 0
   source = _array_source(images, labels, data_config, path)
   return source, num_classes, [str(k) for k in range(num_classes)]
-
-
-def _folder_source(data_config):
-  """Image files under data.path; top-level subfolders (sorted) are classes 0..K-1."""
-  root = data_config.path
-  if not root or not os.path.isdir(root):
-    raise FileNotFoundError(f'Image folder {root!r} not found. Set --config.data.path to a '
-                            'directory of images (one subfolder per class for labels).')
-  paths = []
-  for directory, subdirs, files in os.walk(root, followlinks=True):
-    subdirs[:] = sorted(d for d in subdirs if not d.startswith('.'))
-    paths += [os.path.join(directory, f) for f in sorted(files)
-              if f.lower().endswith(_IMAGE_EXTENSIONS) and not f.startswith('.')]
-  if not paths:
-    raise FileNotFoundError(f'Folder {root} holds no images ({", ".join(_IMAGE_EXTENSIONS)}); '
-                            'set --config.data.path to a folder of images (one subfolder per '
-                            'class for labels).')
-  if data_config.num_bits < 8:
-    raise ValueError(f'Folder {root} holds 8-bit images but data.num_bits='
-                     f'{data_config.num_bits}. Set --config.data.num_bits=8.')
-  for path in paths:  # Headers only (cheap); pixel data is checked when decoded.
-    try:
-      with Image.open(path) as image:
-        mode = image.mode
-    except (OSError, ValueError, SyntaxError) as e:
-      raise ValueError(f'Cannot read image {path}: {e}. Remove or replace the file.') from e
-    if mode not in _EIGHT_BIT_MODES:
-      raise ValueError(f'Image {path} has PIL mode {mode!r}; only 8-bit images are supported.')
-  parts = [os.path.relpath(path, root).split(os.sep) for path in paths]
-  classes = [p[0] if len(p) > 1 else None for p in parts]  # Top-level subfolder, if any.
-  if all(c is None for c in classes):
-    return FolderSource(paths, np.zeros(len(paths), np.int32), data_config.image_size,
-                        data_config.channels), 0, []
-  if any(c is None for c in classes):
-    loose = paths[classes.index(None)]
-    raise ValueError(f'Folder {root} mixes images in class subfolders with images at the top '
-                     f'level (e.g. {loose}). Move every image into a class subfolder, or none.')
-  class_names = sorted(set(classes))
-  labels = np.array([class_names.index(c) for c in classes], np.int32)
-  source = FolderSource(paths, labels, data_config.image_size, data_config.channels)
-  return source, len(class_names), class_names
 
 
 # TFDS name, the host its builder downloads from (probed before any download attempt), and the

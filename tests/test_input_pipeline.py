@@ -8,6 +8,7 @@ from PIL import Image
 
 from bit_diffusion import batches
 from bit_diffusion import downloads
+from bit_diffusion import image_files
 from bit_diffusion import input_pipeline
 from configs import default
 
@@ -411,7 +412,7 @@ def test_non_square_tfds_images_are_fitted_as_a_folders(tmp_path):
   by_corner = {int(im[0, 0, 0]): im[..., 0] for im in batch['images']}
   np.testing.assert_array_equal(by_corner[20], grid(8, 12)[:, 2:10])  # Columns 2..9 kept.
   np.testing.assert_array_equal(by_corner[4], grid(16, 8)[4:12])  # Rows 4..11 kept.
-  halved = np.asarray(input_pipeline.fit_square(Image.fromarray(grid(16, 24)), 8))
+  halved = np.asarray(image_files.fit_square(Image.fromarray(grid(16, 24)), 8))
   assert halved.shape == (8, 8) and not np.array_equal(halved, by_corner[20])
   np.testing.assert_array_equal(by_corner[int(halved[0, 0])], halved)
 
