@@ -5,10 +5,10 @@ A *source* gives random access to the examples of a dataset (`get(indices)`);
 
 Sources: 'digits' (scikit-learn's bundled 8x8 digits), 'npz', 'folder' (images decoded lazily),
 and TFDS: 'cifar10', 'imagenet64' (`imagenet_resized/64x64`) or any TFDS image dataset ('tfds'
-with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'celeb_a'). A TFDS dataset of square images of
-`data.image_size` and up to `TFDS_IN_MEMORY_BYTES` is loaded into memory; a larger one is read
-with random access from its array_record files, never loaded whole, as is one of non-square or
-varying-size images, fitted to `data.image_size` as it is read (as a folder's: `image_files`).
+with `data.tfds_name`, e.g. 'mnist', 'cifar100', 'celeb_a'). A TFDS dataset whose images take
+up to `TFDS_IN_MEMORY_BYTES` at `data.image_size` is loaded into memory; a larger one is read
+with random access from its array_record files, never loaded whole. Non-square or varying-size
+images are fitted to `data.image_size` as they are read (as a folder's: `image_files`).
 """
 
 import dataclasses
@@ -58,7 +58,7 @@ class ArraySource:
 class TfdsRandomAccessSource:
   """A TFDS data source (array_record): examples read and decoded on demand; `has_labels`: the
   examples have a 'label' (else every label is 0); `fit_size`: images are fitted to that square
-  size by `image_files.fit_square` (for non-square images; 0: taken as they are)."""
+  size by `fit_array` (for non-square images; 0: taken as they are)."""
 
   def __init__(self, data_source, has_labels: bool = True, fit_size: int = 0):
     self.data_source, self.has_labels, self.fit_size = data_source, has_labels, fit_size
@@ -72,11 +72,15 @@ class TfdsRandomAccessSource:
     examples = get_many(keys) if get_many else [self.data_source[k] for k in keys]
     labels = [ex['label'] if self.has_labels else 0 for ex in examples]
     images = [ex['image'] for ex in examples]
-    if self.fit_size:  # PIL takes grey images as [H, W].
-      pil_images = [Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im) for im in images]
-      images = [np.asarray(image_files.fit_square(im, self.fit_size)).reshape(
-          self.fit_size, self.fit_size, -1) for im in pil_images]
+    if self.fit_size:
+      images = [fit_array(im, self.fit_size) for im in images]
     return {'images': np.stack(images), 'labels': np.array(labels, np.int32)}
+
+
+def fit_array(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, C] of any H, W -> [size, size, C] by `image_files.fit_square`."""
+  pil_image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)  # Grey: [H, W].
+  return np.asarray(image_files.fit_square(pil_image, size)).reshape(size, size, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,18 +281,22 @@ def _tfds_source(data_config):
   if not isinstance(label, tfds.features.ClassLabel):
     label = None  # No labels, or labels that are not classes: unconditional only.
   num_classes, class_names = (label.num_classes, label.names) if label else (0, [])
-  # Fitted images are decoded and resized as they are read, so never loaded whole.
-  fits_in_memory = lambda n: not fit and n * size * size * channels <= TFDS_IN_MEMORY_BYTES
+  fits_in_memory = lambda n: n * size * size * channels <= TFDS_IN_MEMORY_BYTES
   num_examples = _train_examples(builder, data_config)
   random_access = tfds.core.FileFormat.with_random_access()
-  if (not builder.info.available_file_formats() & random_access and not fit
+  if (not builder.info.available_file_formats() & random_access
       and (num_examples is None or fits_in_memory(num_examples))):
-    # tfrecord files: read with tf.data. (batch_size=-1 aborts the process under mock_data.)
-    chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
-    labels = np.concatenate([c['label'] for c in chunks]) if label else None
-    source = _array_source(np.concatenate([c['image'] for c in chunks]), labels, data_config,
-                           tfds_name)
-    return source, num_classes, class_names
+    # tfrecord files: read with tf.data (batch_size=-1 aborts the process under mock_data), in
+    # batches, or one by one when images of other shapes are fitted as they are read.
+    if fit:
+      examples = list(tfds.as_numpy(builder.as_dataset(split='train')))
+      images = np.stack([fit_array(ex['image'], size) for ex in examples])
+      labels = np.array([ex['label'] for ex in examples]) if label else None
+    else:
+      chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
+      images = np.concatenate([c['image'] for c in chunks])
+      labels = np.concatenate([c['label'] for c in chunks]) if label else None
+    return _array_source(images, labels, data_config, tfds_name), num_classes, class_names
   try:
     data_source = builder.as_data_source(split='train')
   except NotImplementedError as e:  # Prepared as tfrecord only.

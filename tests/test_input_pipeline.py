@@ -389,10 +389,12 @@ def test_prepared_tfds_image_dataset_without_labels(tmp_path, monkeypatch):
     input_pipeline.create_source(_data_config(config, tfds_name=''))
 
 
-def test_non_square_tfds_images_are_fitted_as_a_folders(tmp_path):
+@pytest.mark.parametrize('file_format', ['array_record', 'tfrecord'])
+def test_non_square_tfds_images_are_fitted_as_a_folders(tmp_path, monkeypatch, file_format):
   """TFDS images that are not square or vary in size (CelebA, LSUN) are fitted to
-  data.image_size as they are read: shorter side scaled, centre crop. Pixel (r, c) of each image
-  made here is 10 c + r, so the crop's offset shows in every value."""
+  data.image_size as they are read (into memory, or with random access when larger than
+  TFDS_IN_MEMORY_BYTES): shorter side scaled, centre crop. Pixel (r, c) of each image made here
+  is 10 c + r, so the crop's offset shows in every value."""
   tfds = pytest.importorskip('tensorflow_datasets')
   pytest.importorskip('importlib_resources', reason='TFDS needs it to prepare any dataset')
   grid = lambda h, w: (10 * np.arange(w)[None, :] + np.arange(h)[:, None]).astype(np.uint8)
@@ -402,11 +404,21 @@ def test_non_square_tfds_images_are_fitted_as_a_folders(tmp_path):
   examples = [(i, {'image': grid(*shapes[i])[..., None], 'label': i % 2}) for i in range(3)]
   tfds.dataset_builders.store_as_tfds_dataset(
       name='mixed_sizes', version='1.0.0', features=features, data_dir=str(tmp_path),
-      split_datasets={'train': examples}, file_format='array_record')
-  source, info = input_pipeline.create_source(_data_config(
-      name='tfds', tfds_name='mixed_sizes', data_dir=str(tmp_path), image_size=8, channels=1,
-      download=False))
-  assert isinstance(source, input_pipeline.TfdsRandomAccessSource) and info.num_classes == 2
+      split_datasets={'train': examples}, file_format=file_format)
+  config = _data_config(name='tfds', tfds_name='mixed_sizes', data_dir=str(tmp_path),
+                        image_size=8, channels=1, download=False)
+  source, info = input_pipeline.create_source(config)
+  assert isinstance(source, input_pipeline.ArraySource) and info.num_classes == 2
+  np.testing.assert_array_equal(np.sort(source.labels), [0, 0, 1])
+  monkeypatch.setattr(input_pipeline, 'TFDS_IN_MEMORY_BYTES', 0)
+  if file_format == 'tfrecord':
+    with pytest.raises(ValueError, match='tfds convert_format'):
+      input_pipeline.create_source(config)
+  else:
+    random_access, _ = input_pipeline.create_source(config)
+    assert isinstance(random_access, input_pipeline.TfdsRandomAccessSource)
+    np.testing.assert_array_equal(random_access.get(np.arange(3))['images'],
+                                  source.get(np.arange(3))['images'])
   batch = source.get(np.arange(3))
   assert batch['images'].shape == (3, 8, 8, 1)
   by_corner = {int(im[0, 0, 0]): im[..., 0] for im in batch['images']}
