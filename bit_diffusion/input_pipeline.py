@@ -98,6 +98,7 @@ def create_source(data_config) -> tuple[batches.Source, DatasetInfo]:
     source, num_classes, class_names = image_files.folder_source(data_config)
   elif name in _TFDS_DATASETS or name == 'tfds':
     source, num_classes, class_names = _tfds_source(data_config)
+    name = _tfds_name(data_config) if name == 'tfds' else name  # For messages and the info.
   else:
     raise ValueError(f"Unknown data.name {name!r}: use 'cifar10', 'imagenet64', 'digits', "
                      "'folder', 'npz', or 'tfds' with data.tfds_name (any TFDS image dataset).")

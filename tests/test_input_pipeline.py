@@ -351,7 +351,8 @@ def test_any_tfds_image_dataset_by_name_with_mock_data(monkeypatch):
     with pytest.raises(ValueError, match=r'mnist images are \[28, 28, 1\] but the config asks for '
                        r'\[32, 32, 1\]. Set --config.data.image_size=28 --config.data.channels=1'):
       input_pipeline.create_source(_data_config(name='tfds', tfds_name='mnist', channels=1))
-  assert (info.num_examples, info.image_size, info.channels, info.num_classes) == (12, 28, 1, 10)
+  assert (info.name, info.num_examples, info.image_size, info.channels, info.num_classes) == (
+      'mnist', 12, 28, 1, 10)
   assert info.class_names == tuple(str(d) for d in range(10))
   batch = source.get(np.arange(12))
   assert batch['images'].shape == (12, 28, 28, 1) and batch['images'].dtype == np.uint8
@@ -375,13 +376,13 @@ def test_prepared_tfds_image_dataset_without_labels(tmp_path, monkeypatch):
     monkeypatch.setattr(input_pipeline, 'TFDS_IN_MEMORY_BYTES', limit)
     source, info = input_pipeline.create_source(config)
     assert isinstance(source, kind)
-    assert (info.name, info.num_examples, info.num_classes) == ('tfds', 5, 0)
+    assert (info.name, info.num_examples, info.num_classes) == ('unlabelled_squares', 5, 0)
     batch = source.get(np.arange(5))  # TFDS stores the examples in an order of its own.
     np.testing.assert_array_equal(np.sort(batch['images'].reshape(5, -1), axis=0),
                                   np.repeat(7 * np.arange(5)[:, None], 192, 1))
     assert (batch['images'] == batch['images'][:, :1, :1, :1]).all()  # Each image one value.
     np.testing.assert_array_equal(batch['labels'], np.zeros(5))
-  with pytest.raises(ValueError, match="dataset 'tfds' has no labels"):
+  with pytest.raises(ValueError, match="dataset 'unlabelled_squares' has no labels"):
     input_pipeline.create_source(_data_config(config, class_conditional=True))
   with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_images'"):
     input_pipeline.create_source(_data_config(config, tfds_name='no_such_images'))
