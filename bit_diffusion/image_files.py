@@ -1,6 +1,6 @@
 """Image files as training data: a folder of images (`data.name='folder'`), decoded lazily, and
-`fit_square`, which fits an image of any shape to the square training size (also for TFDS
-datasets of non-square images, `input_pipeline`)."""
+`fit_square` / `fit_array`, which fit an image of any shape to the square training size (also
+for TFDS datasets of non-square images, `input_pipeline`)."""
 
 import os
 
@@ -52,6 +52,12 @@ def fit_square(image: Image.Image, size: int) -> Image.Image:
   image = image.resize((width, height), Image.Resampling.BICUBIC)
   left, top = (width - size) // 2, (height - size) // 2
   return image.crop((left, top, left + size, top + size))
+
+
+def fit_array(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, C] of any H, W -> [size, size, C] by `fit_square` (TFDS images are arrays)."""
+  pil_image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)  # Grey: [H, W].
+  return np.asarray(fit_square(pil_image, size)).reshape(size, size, -1)
 
 
 def folder_source(data_config) -> tuple[FolderSource, int, list[str]]:

@@ -19,7 +19,6 @@ import urllib.request
 
 import jax
 import numpy as np
-from PIL import Image
 
 from bit_diffusion import batches
 from bit_diffusion import downloads
@@ -58,7 +57,7 @@ class ArraySource:
 class TfdsRandomAccessSource:
   """A TFDS data source (array_record): examples read and decoded on demand; `has_labels`: the
   examples have a 'label' (else every label is 0); `fit_size`: images are fitted to that square
-  size by `fit_array` (for non-square images; 0: taken as they are)."""
+  size by `image_files.fit_array` (for non-square images; 0: taken as they are)."""
 
   def __init__(self, data_source, has_labels: bool = True, fit_size: int = 0):
     self.data_source, self.has_labels, self.fit_size = data_source, has_labels, fit_size
@@ -73,14 +72,8 @@ class TfdsRandomAccessSource:
     labels = [ex['label'] if self.has_labels else 0 for ex in examples]
     images = [ex['image'] for ex in examples]
     if self.fit_size:
-      images = [fit_array(im, self.fit_size) for im in images]
+      images = [image_files.fit_array(im, self.fit_size) for im in images]
     return {'images': np.stack(images), 'labels': np.array(labels, np.int32)}
-
-
-def fit_array(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 [H, W, C] of any H, W -> [size, size, C] by `image_files.fit_square`."""
-  pil_image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)  # Grey: [H, W].
-  return np.asarray(image_files.fit_square(pil_image, size)).reshape(size, size, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +284,7 @@ def _tfds_source(data_config):
     # batches, or one by one when images of other shapes are fitted as they are read.
     if fit:
       examples = list(tfds.as_numpy(builder.as_dataset(split='train')))
-      images = np.stack([fit_array(ex['image'], size) for ex in examples])
+      images = np.stack([image_files.fit_array(ex['image'], size) for ex in examples])
       labels = np.array([ex['label'] for ex in examples]) if label else None
     else:
       chunks = list(tfds.as_numpy(builder.as_dataset(split='train', batch_size=1024)))
