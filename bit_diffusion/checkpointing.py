@@ -74,10 +74,19 @@ def ensure_writable_dir(path: str) -> str:
   return path
 
 
-def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
-  """A CheckpointManager over WORKDIR/checkpoints (absolute path, created if missing)."""
+def create_manager(workdir: str, max_to_keep: int,
+                   keep_steps: tuple[int, ...] = ()) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints (absolute path, created if missing) that
+  keeps the newest `max_to_keep` checkpoints and, beside them, those of `keep_steps` (an
+  autoguidance guide)."""
   directory = epath.Path(_absolute(workdir)) / 'checkpoints'
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  if keep_steps:
+    policies = ocp.checkpoint_managers
+    options = ocp.CheckpointManagerOptions(create=True, preservation_policy=(
+        policies.AnyPreservationPolicy([policies.LatestN(max_to_keep),
+                                        policies.CustomSteps(keep_steps)])))
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(directory, options=options)
 
 

@@ -32,17 +32,23 @@ from bit_diffusion.tasks import images as images_lib
 
 def sampling_settings(config) -> dict[str, Any]:
   """The sampler settings of the config's method, as recorded beside the sample metrics: Bit
-  Diffusion's sampler, steps, td and guidance, or GGM's positions_per_call; and use_ema."""
+  Diffusion's sampler, steps, td, guidance and (when on) autoguidance with its guide's step, or
+  GGM's positions_per_call; and use_ema."""
   s = config.sampling
   if config.method == 'ggm':
     return dict(positions_per_call=config.ggm.positions_per_call, use_ema=s.use_ema)
-  return dict(sampler=s.sampler, steps=s.steps, td=s.td, guidance=s.guidance, use_ema=s.use_ema)
+  settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, guidance=s.guidance,
+                  use_ema=s.use_ema)
+  if s.get('autoguidance', 0.0):
+    settings.update(autoguidance=s.autoguidance, guide_step=s.guide_step)
+  return settings
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Samples `config.sampling.num_samples` images from the latest checkpoint.
 
-  Writes WORKDIR/samples/samples_<step>_<setting>[_w<guidance>]_n<N>_seed<S>.npz (setting:
+  Writes WORKDIR/samples/samples_<step>_<setting>[_w<guidance>][_ag<autoguidance>from<guide
+  step>]_n<N>_seed<S>.npz (setting:
   `generation.setting_name`, e.g. ddim100_td0 or ggm_k1) with keys `images` (int32 [N, H, W,
   C], values in [0, 2**num_bits)) and `labels` (int32 [N]), and a PNG grid beside it. An
   existing file is never overwritten: the same settings sampled again go to ..._2.npz, ...
@@ -57,9 +63,11 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   images = generation.generate(model.make_sample_fn(), model.params,
                                engine.seed_key(config.seed, 'sample'), labels,
                                model.batch_size(s.batch_size))
-  guidance = s.get('guidance', 0.0)
+  guidance, autoguidance = s.get('guidance', 0.0), s.get('autoguidance', 0.0)
   name = (f'samples_{model.step}_{generation.setting_name(config)}'
-          + (f'_w{guidance:g}' if guidance else '') + f'_n{s.num_samples}_seed{config.seed}')
+          + (f'_w{guidance:g}' if guidance else '')
+          + (f'_ag{autoguidance:g}from{s.guide_step}' if autoguidance else '')
+          + f'_n{s.num_samples}_seed{config.seed}')
   path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:
     path = outputs.reserve(path, ('.npz', '.png'))

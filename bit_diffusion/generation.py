@@ -36,20 +36,32 @@ class LoadedModel:
     params: the restored weights (EMA or online), laid out over `mesh`.
     mesh: the device mesh.
     step: the checkpoint's step.
+    guide_params: with sampling.autoguidance > 0, the guide's weights (the checkpoint of
+      sampling.guide_step), which `make_sample_fn` passes beside `params`; else None.
   """
   method: Any
   graphdef: nnx.GraphDef
   params: Any
   mesh: Mesh
   step: int
+  guide_params: Any = None
 
   @property
   def task(self):
     return self.method.task
 
   def make_sample_fn(self, **overrides) -> Callable[..., jax.Array]:
-    """The method's jitted fn(params, rng, cond) -> samples, sharded over the mesh."""
-    return self.method.make_sample_fn(self.graphdef, self.mesh, **overrides)
+    """The method's jitted fn(params, rng, cond) -> samples, sharded over the mesh. With
+    autoguidance the guide's weights go in beside `params` (the method's fn takes the pair)."""
+    sample_fn = self.method.make_sample_fn(self.graphdef, self.mesh, **overrides)
+    autoguidance = getattr(self.method, 'autoguidance', lambda overrides: 0.0)(overrides)
+    if not autoguidance:
+      return sample_fn
+    if self.guide_params is None:
+      raise ValueError(f'autoguidance={autoguidance} needs the guide\'s weights, which '
+                       '`load` reads when the config sets sampling.autoguidance > 0 and '
+                       'sampling.guide_step.')
+    return lambda params, rng, cond: sample_fn((params, self.guide_params), rng, cond)
 
   def batch_size(self, wanted: int) -> int:
     return device_multiple(self.mesh, wanted)
@@ -73,16 +85,38 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
   shardings = distributed.param_shardings(abstract_params, mesh, config.training.param_sharding)
   target = {name: checkpointing.abstract_with_shardings(abstract_params, shardings)}
 
-  def read(step):
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        target, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state[name]
+  read = lambda step: read_weights(manager, step, target)[name]
   params, step = checkpointing.restore_newest_intact(
       manager, read, engine.checkpoint_signature(config, method))
   check_restored = getattr(method, 'check_restored', None)  # Optional: e.g. an unfitted prior.
   if check_restored is not None:
     check_restored(step)
-  return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step)
+  guide_params = None
+  if getattr(method, 'autoguidance', lambda overrides: 0.0)({}):
+    guide_params = read_guide(manager, config.sampling.guide_step, read)
+  return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step,
+                     guide_params=guide_params)
+
+
+def read_weights(manager: ocp.CheckpointManager, step: int, target: dict[str, Any]) -> dict:
+  """The fields of `target` ({'ema_params' or 'params': abstract arrays with shardings}) read
+  from the checkpoint of `step`, nothing else (a partial restore)."""
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state
+
+
+def read_guide(manager: ocp.CheckpointManager, guide_step: int,
+               read: Callable[[int], Any]) -> Any:
+  """Autoguidance's guide: `read(guide_step)`, or an error that says how to get it."""
+  steps = sorted(manager.all_steps())
+  if guide_step not in steps:
+    raise ValueError(
+        f'sampling.autoguidance needs the guide, the checkpoint of step sampling.guide_step='
+        f'{guide_step}, which {manager.directory} lacks (it has steps {steps}). Training keeps '
+        'it when it runs with sampling.autoguidance > 0 and that guide_step; pick one of the '
+        'steps there, or sample with --config.sampling.autoguidance=0.')
+  return read(guide_step)
 
 
 def device_multiple(mesh: Mesh, wanted: int) -> int:

@@ -229,3 +229,33 @@ def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
                              2)
     return to_x0((1 + guidance) * cond - guidance * uncond, x, gamma)
   return guided
+
+
+def autoguided_x0_fn(model_fn: X0Fn, guide_fn: X0Fn,
+                     clip: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray],
+                     weight: float) -> X0Fn:
+  """The sampler's x0_fn with autoguidance (Karras et al. 2024, "Guiding a diffusion model with
+  a bad version of itself", Eq. 2 written for x0): with weight w,
+
+      x0 = model_fn(x_t, ...) + w * (model_fn(x_t, ...) - guide_fn(x_t, ...)),
+
+  where the guide is a weaker version of the model (here an earlier checkpoint of the same run)
+  with the same conditioning; then clipped once with `clip`. Both networks see the same state
+  and self-conditioning estimate (the guided estimate of the previous step).
+
+  Args:
+    model_fn, guide_fn: (x_t [B, ...], gamma [B], self_cond [B, ...]) -> UNclipped x0
+      estimate [B, ...] of the model and of its guide.
+    clip: (x0, x_t, gamma) -> clipped x0 estimate.
+    weight: w >= 0; 0 runs the model alone.
+
+  Returns:
+    x0_fn(x_t, gamma, self_cond) -> clipped x0 estimate [B, ...].
+  """
+  if weight == 0:
+    return lambda x, gamma, self_cond: clip(model_fn(x, gamma, self_cond), x, gamma)
+
+  def guided(x, gamma, self_cond):
+    model = model_fn(x, gamma, self_cond)
+    return clip(model + weight * (model - guide_fn(x, gamma, self_cond)), x, gamma)
+  return guided

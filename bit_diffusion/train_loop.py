@@ -77,7 +77,9 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   # Abstract shapes only, nothing compiled; a network the config cannot build (e.g. more
   # attention channels per head than a layer has) fails here, before the checkpoints folder.
   engine = engine_lib.Engine(config, method)
-  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints)
+  guide_step = autoguidance_step(config, method)
+  manager = checkpointing.create_manager(workdir, config.training.max_checkpoints,
+                                         keep_steps=(guide_step,) if guide_step else ())
   state, start_step = None, 0
   if manager.all_steps():  # The newest checkpoint that reads; broken newer ones set aside.
     state, start_step = engine.restore(manager, set_aside_broken=True)
@@ -96,7 +98,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
 
   num_steps = config.training.num_steps
   progress = metric_writer.ProgressReport(num_steps, writer)
-  preview = Preview(config, engine)
+  preview = Preview(config, engine, manager)
 
   preemption = PreemptionWatcher()
   train_metrics = None
@@ -113,7 +115,8 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
         progress(step)
       is_last = step == num_steps
       preempted = preemption.reached(step)
-      must_save = step % config.training.checkpoint_every == 0 or is_last or preempted
+      must_save = (step % config.training.checkpoint_every == 0 or is_last or preempted
+                   or step == guide_step)
 
       if step % config.training.log_every == 0 or is_last or must_save:
         _check_finite(state, manager)  # Before anything is written from this state.
@@ -143,30 +146,56 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   return state
 
 
+def autoguidance_step(config, method) -> int:
+  """The step whose checkpoint guides the samples (sampling.guide_step) when the method samples
+  with autoguidance; else 0. Training saves and keeps that checkpoint."""
+  autoguidance = getattr(method, 'autoguidance', lambda overrides: 0.0)({})
+  return config.sampling.guide_step if autoguidance else 0
+
+
 class Preview:
   """The training previews: `training.num_grid_samples` samples of the EMA weights, written by
-  the task (a grid of images, captions of held-out images)."""
+  the task (a grid of images, captions of held-out images). With autoguidance, previews from the
+  guide's step on are guided by its checkpoint (EMA weights), earlier ones are not."""
 
-  def __init__(self, config, engine: engine_lib.Engine):
+  def __init__(self, config, engine: engine_lib.Engine, manager):
     self.num = config.training.num_grid_samples
     self.engine = engine
+    self.manager = manager
     self.key = engine_lib.seed_key(config.seed, 'preview')
-    self._sample_fn = None
+    self.guide_step = autoguidance_step(config, engine.method)
+    self._sample_fns = {}  # Guided or not -> the jitted sampler, compiled at first use.
+    self._guide = None
     self._conditions = None
 
   def write(self, state: engine_lib.TrainState, step: int, workdir: str, writer) -> None:
     if self.num <= 0:
       return
     task = self.engine.method.task
-    if self._sample_fn is None:  # Compiled at the first preview only.
-      self._sample_fn = self.engine.method.make_sample_fn(self.engine.graphdef, self.engine.mesh)
+    guided = bool(self.guide_step) and step >= self.guide_step
+    if guided not in self._sample_fns:
+      overrides = {} if guided or not self.guide_step else {'autoguidance': 0.0}
+      self._sample_fns[guided] = self.engine.method.make_sample_fn(
+          self.engine.graphdef, self.engine.mesh, **overrides)
+    if self._conditions is None:
       self._conditions = task.preview_conditions(self.num)
     conditions, references = self._conditions
+    params = (state.ema_params, self._guide_params()) if guided else state.ema_params
     samples = generation.generate(
-        self._sample_fn, state.ema_params, jax.random.fold_in(self.key, step), conditions,
+        self._sample_fns[guided], params, jax.random.fold_in(self.key, step), conditions,
         generation.device_multiple(self.engine.mesh, len(jax.tree.leaves(conditions)[0])))
     if jax.process_index() == 0:
       task.write_preview(samples, references, step, workdir, writer)
+
+
+  def _guide_params(self):
+    """The guide's EMA weights, read once from its checkpoint (saved at guide_step)."""
+    if self._guide is None:
+      self.manager.wait_until_finished()
+      self._guide = generation.read_guide(
+          self.manager, self.guide_step,
+          lambda step: self.engine.restore(self.manager, step)[0].ema_params)
+    return self._guide
 
 
 def _check_finite(state: engine_lib.TrainState, manager) -> None:

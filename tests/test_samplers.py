@@ -212,6 +212,37 @@ def test_without_guidance_one_conditional_pass():
     np.testing.assert_allclose(out, 1.0)  # clip(1.2): the conditional output alone, clipped.
 
 
+def test_autoguidance_extrapolates_from_the_guide_then_clips_once():
+  """x0 = m + w (m - g) on the unclipped estimates of the model and its guide, then one clip
+  (Karras et al. 2024); both see the same state and self-conditioning; w = 0 runs the model
+  alone."""
+  x = jnp.array([[0.3, -0.2], [1.0, 0.5]])
+  gamma, self_cond = jnp.array([0.81, 0.36]), jnp.full((2, 2), 0.25)
+  seen = []
+
+  def estimate(value):
+    def fn(x_in, gamma_in, self_cond_in):
+      seen.append((value, x_in, gamma_in, self_cond_in))
+      return jnp.full_like(x_in, value) + x_in  # Differs per element: m - g is constant.
+    return fn
+
+  clip = lambda x0, x_t, g: jnp.clip(x0, -1.0, 1.0)
+  w = 0.5
+  out = samplers.autoguided_x0_fn(estimate(0.4), estimate(0.9), clip, w)(x, gamma, self_cond)
+  model, guide = 0.4 + np.asarray(x), 0.9 + np.asarray(x)
+  np.testing.assert_allclose(out, np.clip(model + w * (model - guide), -1, 1), atol=1e-6)
+  # Unclipped, [[0.45, -0.05], [1.15, 0.65]]: the clip acts on the combination only (clipping
+  # the model's 1.4 first would give 1.0 + 0.5 (1.0 - 1.9) = 0.55 there).
+  np.testing.assert_allclose(out, [[0.45, -0.05], [1.0, 0.65]], atol=1e-6)
+  assert [v for v, *_ in seen] == [0.4, 0.9]
+  for _, x_in, gamma_in, self_cond_in in seen:
+    assert x_in is x and gamma_in is gamma and self_cond_in is self_cond
+  seen.clear()
+  alone = samplers.autoguided_x0_fn(estimate(0.4), estimate(0.9), clip, 0.0)(x, gamma, self_cond)
+  np.testing.assert_allclose(alone, np.clip(model, -1, 1), atol=1e-6)
+  assert [v for v, *_ in seen] == [0.4]  # The guide is not run.
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(sampler='ddpn'), 'Unknown sampler'), (dict(ddpm_variance='big'), 'variance'),
     (dict(steps=0), 'at least one step'), (dict(td=-1.0), 'td')])

@@ -15,11 +15,13 @@ import tensorflow_datasets as tfds
 from flax import nnx
 from PIL import Image
 
+from bit_diffusion import checkpointing
 from bit_diffusion import cpu
 from bit_diffusion import distributed
 from bit_diffusion import downloads
 from bit_diffusion import engine as engine_lib
 from bit_diffusion import evaluate
+from bit_diffusion import generation
 from bit_diffusion import image_infill
 from bit_diffusion import input_pipeline
 from bit_diffusion import methods
@@ -147,6 +149,66 @@ def test_checkpoint_from_another_config_is_refused(trained_workdir):
   with pytest.raises(ValueError, match=r'different model config(.|\n)*model.base_channels: '
                                        r'checkpoint has 16, config has 32'):
     evaluate.sample_from_checkpoint(other, workdir)
+
+
+def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_path):
+  """Training with autoguidance also saves the guide's step and keeps it beside the newest
+  checkpoint (training.max_checkpoints=1) without changing the weights; `load` reads the guide's
+  EMA weights; guided by the model itself (m + w (m - m) = m) the samples are the unguided
+  ones bit for bit, guided by the step-1 checkpoint they are not."""
+  guided = {'sampling.autoguidance': 1.0, 'sampling.guide_step': 1,
+            'training.max_checkpoints': 1}
+  config = tiny.tiny_digits(**guided)
+  workdir = str(tmp_path / 'run')
+  state = train_loop.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '4']
+  assert os.path.exists(os.path.join(workdir, 'samples', 'grid_00000004.png'))
+  for a, b in zip(_params(trained_workdir[1]), _params(state)):
+    np.testing.assert_array_equal(a, b)
+
+  model = generation.load(config, workdir)
+  assert model.step == 4
+  engine = engine_lib.Engine(config, model.method)
+  step_1, _ = engine.restore(checkpointing.create_manager(workdir, 1), step=1)
+  for a, b in zip(_params(step_1.ema_params), _params(model.guide_params)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in  # The EMA, not the online weights.
+             zip(_params(step_1.params), _params(model.guide_params)))
+
+  # The sampler's paths (floats): the tiny model's integer samples are nearly all 0.
+  labels, rng = jnp.arange(8) % 10, jax.random.PRNGKey(3)
+  path_of = lambda fn, params: np.asarray(fn(params, rng, labels))
+  unguided = path_of(model.make_sample_fn(autoguidance=0.0, trajectory=True), model.params)
+  raw_fn = model.method.make_sample_fn(model.graphdef, model.mesh, trajectory=True)  # Pairs.
+  np.testing.assert_array_equal(path_of(raw_fn, (model.params, model.params)), unguided)
+  with_guide = path_of(model.make_sample_fn(trajectory=True), model.params)
+  np.testing.assert_array_equal(with_guide, path_of(raw_fn, (model.params, model.guide_params)))
+  assert np.abs(with_guide[:, -1] - unguided[:, -1]).max() > 1e-3
+  path = evaluate.sample_from_checkpoint(config, workdir)  # --mode=sample names its setting.
+  assert os.path.basename(path) == 'samples_4_ddim4_td0_ag1from1_n12_seed0.npz'
+
+  with pytest.raises(ValueError, match=r'guide_step=3.*lacks.*steps \[2, 4\]'):
+    generation.load(tiny.tiny_digits(**{**guided, 'sampling.guide_step': 3}),
+                    trained_workdir[0])
+  with pytest.raises(ValueError, match='needs the guide'):
+    generation.load(tiny.tiny_digits(**{'sampling.guide_step': 1}), workdir).make_sample_fn(
+        autoguidance=1.0)  # Loaded without autoguidance: no guide read.
+
+
+def test_autoguidance_config_errors():
+  config = lambda **o: tiny.tiny_digits(**{'sampling.guide_step': 2, **o})
+  with pytest.raises(ValueError, match='must be >= 0'):
+    _check(config(**{'sampling.autoguidance': -1.0}), 1)
+  with pytest.raises(ValueError, match='needs sampling.guide_step'):
+    _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_step': 0}), 1)
+  with pytest.raises(ValueError, match='must be below training.num_steps=4'):
+    _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_step': 4}), 1)
+  with pytest.raises(ValueError, match='one kind of guidance'):
+    _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance': 0.5,
+                     'diffusion.label_dropout': 0.1}), 1)
+  with pytest.raises(ValueError, match='not DisCo-Diff'):
+    _check(tiny.tiny_digits_disco(**{'sampling.autoguidance': 1.0}), 1)
+  _check(config(**{'sampling.autoguidance': 1.0}), 1)
 
 
 def test_loss_falls_on_a_small_dataset(tmp_path):

@@ -66,6 +66,12 @@ class BitDiffusion:
     """Errors of the method's config fields that need no data and no compile."""
     config, diffusion = self.config, self.diffusion
     self._check_guidance(config.sampling.get('guidance', 0.0))
+    self._check_autoguidance(self.autoguidance({}), config.sampling.get('guidance', 0.0))
+    guide_step = config.sampling.get('guide_step', 0)
+    if self.autoguidance({}) and guide_step >= config.training.num_steps:
+      raise ValueError(f'sampling.guide_step={guide_step} must be below training.num_steps='
+                       f'{config.training.num_steps}: the guide is an earlier checkpoint of '
+                       'the same run (e.g. a third of the way through training).')
     if diffusion.label_dropout and not self.task.num_classes:
       raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
     if diffusion.position_noise_rate and len(self.task.example_shape) != 1:
@@ -103,6 +109,22 @@ class BitDiffusion:
                        '0: without it the model never learns the unconditional prediction that '
                        'guidance subtracts. Sample with sampling.guidance=0, or train with e.g. '
                        '--config.diffusion.label_dropout=0.1.')
+
+  def autoguidance(self, overrides: dict[str, Any]) -> float:
+    """The autoguidance weight of a sampler with these overrides (default: the config's)."""
+    return overrides.get('autoguidance', self.config.sampling.get('autoguidance', 0.0))
+
+  def _check_autoguidance(self, weight: float, guidance: float) -> None:
+    """Errors of autoguidance w: at training's config check and at every sampler."""
+    if weight < 0:
+      raise ValueError(f'sampling.autoguidance={weight} must be >= 0 (0: off).')
+    if weight and guidance:
+      raise ValueError(f'sampling.autoguidance={weight} and sampling.guidance={guidance}: use '
+                       'one kind of guidance at a time; set the other to 0.')
+    if weight and self.config.sampling.get('guide_step', 0) < 1:
+      raise ValueError(f'sampling.autoguidance={weight} needs sampling.guide_step, the step of '
+                       'the checkpoint that guides (an earlier one of the same run, e.g. a third '
+                       'of training.num_steps).')
 
   def _check_infill_method(self, name: str) -> None:
     if name not in samplers.INFILL_METHODS:
@@ -173,8 +195,10 @@ class BitDiffusion:
 
     cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
     which only carry B). Keyword overrides of `config.sampling`: sampler, steps, td,
-    ddpm_variance, guidance, self_condition, infill_method; and trajectory=True, which returns
-    the sampler's path instead, float32 [B, steps + 1, ..., D] (`samplers.sample`'s keep_path).
+    ddpm_variance, guidance, autoguidance, self_condition, infill_method; and trajectory=True,
+    which returns the sampler's path instead, float32 [B, steps + 1, ..., D] (`samplers.sample`'s
+    keep_path). With autoguidance w > 0, params is a pair (the model's weights, the guide's:
+    `generation.load` reads both).
     The condition is encoded once per batch; with cpu.sampler_microbatch_size > 0 each network
     evaluation runs on microbatches in turn (the same samples). With a mesh, the batch is
     sharded over its 'data' axis.
@@ -191,10 +215,17 @@ class BitDiffusion:
                                  self.config.sampling.get('infill_method', 'replace'))
     trajectory = settings.pop('trajectory', False)
     self._check_infill_method(infill_method)
+    autoguidance = self.autoguidance(settings)
+    settings.pop('autoguidance', None)
     self._check_guidance(guidance)
+    self._check_autoguidance(autoguidance, guidance)
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
+      guide = None
+      if autoguidance:
+        params, guide_params = params
+        guide = nnx.merge(graphdef, guide_params, copy=True)
       known = None
       if infill:
         cond, known_data, known_mask = cond
@@ -207,8 +238,8 @@ class BitDiffusion:
       context = model.encode_condition(cond) if self.uses_condition() else None
       # The U-Net's context is its labels: the null label is num_classes.
       result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
-                                settings, num_shards, known=known, infill=infill_method,
-                                keep_path=trajectory)
+                                settings, num_shards, guide=guide, autoguidance=autoguidance,
+                                known=known, infill=infill_method, keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
     return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
@@ -224,7 +255,8 @@ class BitDiffusion:
 
   def sample_bits(self, denoiser: nnx.Module, rng: jax.Array, batch: int, context: Any,
                   null_context: Any, guidance: float, settings: dict[str, Any],
-                  num_shards: int = 1, **sample_kwargs) -> tuple[jax.Array, ...]:
+                  num_shards: int = 1, guide: Optional[nnx.Module] = None,
+                  autoguidance: float = 0.0, **sample_kwargs) -> tuple[jax.Array, ...]:
     """`samplers.sample` with a denoiser network (`denoise(x_in, gamma, context)`): analog bits
     [batch, ..., D] (x0, x and, with keep_path, the path).
 
@@ -233,17 +265,29 @@ class BitDiffusion:
     authors' code, which turns softmax/sigmoid outputs into expected bits first (for x0, eps
     and v predictions this equals combining the raw outputs). With
     cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn.
+    With a `guide` network and autoguidance w > 0, the estimates of the denoiser and its guide
+    are combined instead (`samplers.autoguided_x0_fn`).
     """
     diffusion, microbatch = self.diffusion, self.config.cpu.sampler_microbatch_size
 
-    def x0_estimate(x, gamma, self_cond, context):  # Not clipped yet.
-      inputs = (jnp.concatenate([x, self_cond], axis=-1), gamma, context)
-      output = run_in_microbatches(lambda x_in, g, c: denoiser.denoise(x_in, g, c), inputs,
-                                   microbatch, num_shards)
-      return diffusion.x0_from_output(output, x, gamma)
+    def estimate_of(network):
+      def x0_estimate(x, gamma, self_cond, context):  # Not clipped yet.
+        inputs = (jnp.concatenate([x, self_cond], axis=-1), gamma, context)
+        output = run_in_microbatches(lambda x_in, g, c: network.denoise(x_in, g, c), inputs,
+                                     microbatch, num_shards)
+        return diffusion.x0_from_output(output, x, gamma)
+      return x0_estimate
 
     clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
-    x0_fn = samplers.guided_x0_fn(x0_estimate, clip, context, null_context, guidance)
+    if guide is not None and autoguidance:
+      model_estimate, guide_estimate = estimate_of(denoiser), estimate_of(guide)
+      x0_fn = samplers.autoguided_x0_fn(
+          lambda x, gamma, self_cond: model_estimate(x, gamma, self_cond, context),
+          lambda x, gamma, self_cond: guide_estimate(x, gamma, self_cond, context),
+          clip, autoguidance)
+    else:
+      x0_fn = samplers.guided_x0_fn(estimate_of(denoiser), clip, context, null_context,
+                                    guidance)
     shape = (batch,) + self._bits_shape()
     return samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, **settings,
                            **sample_kwargs)

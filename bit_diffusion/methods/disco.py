@@ -102,6 +102,7 @@ class DisCo:
 
   def check(self, num_devices: int) -> None:
     """Bit Diffusion's checks, the stages and the guidance."""
+    _refuse_autoguidance(self.bits.autoguidance({}))
     self.bits.check(num_devices)
     d, num_steps = self.config.disco, self.config.training.num_steps
     if not 1 <= d.prior_steps < num_steps:
@@ -237,6 +238,8 @@ class DisCo:
     temperature = settings.pop('prior_temperature', d.prior_temperature)
     trajectory = settings.pop('trajectory', False)
     self._check_guidance(guidance)
+    _refuse_autoguidance(self.bits.autoguidance(settings))
+    settings.pop('autoguidance', None)
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
@@ -259,3 +262,11 @@ class DisCo:
       return self.bits.decode(result[0])
 
     return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
+
+
+def _refuse_autoguidance(weight: float) -> None:
+  """DisCo-Diff samples without autoguidance (its guide would need its own prior's codes)."""
+  if weight:
+    raise ValueError(f'sampling.autoguidance={weight}: autoguidance is implemented for '
+                     "config.method='bit_diffusion', not DisCo-Diff; set it to 0 (guidance on "
+                     'the latents: disco.guidance).')
