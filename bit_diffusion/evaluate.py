@@ -40,7 +40,7 @@ def sampling_settings(config) -> dict[str, Any]:
   settings = dict(sampler=s.sampler, steps=s.steps, td=s.td, guidance=s.guidance,
                   use_ema=s.use_ema)
   if s.get('autoguidance', 0.0):
-    settings.update(autoguidance=s.autoguidance, guide_step=s.guide_step)
+    settings.update(autoguidance=s.autoguidance, guide_fraction=s.guide_fraction)
   return settings
 
 
@@ -66,7 +66,7 @@ def sample_from_checkpoint(config, workdir: str) -> str:
   guidance, autoguidance = s.get('guidance', 0.0), s.get('autoguidance', 0.0)
   name = (f'samples_{model.step}_{generation.setting_name(config)}'
           + (f'_w{guidance:g}' if guidance else '')
-          + (f'_ag{autoguidance:g}from{s.guide_step}' if autoguidance else '')
+          + (f'_ag{autoguidance:g}from{model.method.guide_step()}' if autoguidance else '')
           + f'_n{s.num_samples}_seed{config.seed}')
   path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:

@@ -37,7 +37,7 @@ class LoadedModel:
     mesh: the device mesh.
     step: the checkpoint's step.
     guide_params: with sampling.autoguidance > 0, the guide's weights (the checkpoint of
-      sampling.guide_step), which `make_sample_fn` passes beside `params`; else None.
+      `method.guide_step()`), which `make_sample_fn` passes beside `params`; else None.
   """
   method: Any
   graphdef: nnx.GraphDef
@@ -60,7 +60,7 @@ class LoadedModel:
     if self.guide_params is None:
       raise ValueError(f'autoguidance={autoguidance} needs the guide\'s weights, which '
                        '`load` reads when the config sets sampling.autoguidance > 0 and '
-                       'sampling.guide_step.')
+                       'sampling.guide_fraction.')
     return lambda params, rng, cond: sample_fn((params, self.guide_params), rng, cond)
 
   def batch_size(self, wanted: int) -> int:
@@ -93,7 +93,7 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
     check_restored(step)
   guide_params = None
   if getattr(method, 'autoguidance', lambda overrides: 0.0)({}):
-    guide_params = read_guide(manager, config.sampling.guide_step, read)
+    guide_params = read_guide(manager, method.guide_step(), read)
   return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step,
                      guide_params=guide_params)
 
@@ -112,10 +112,11 @@ def read_guide(manager: ocp.CheckpointManager, guide_step: int,
   steps = sorted(manager.all_steps())
   if guide_step not in steps:
     raise ValueError(
-        f'sampling.autoguidance needs the guide, the checkpoint of step sampling.guide_step='
-        f'{guide_step}, which {manager.directory} lacks (it has steps {steps}). Training keeps '
-        'it when it runs with sampling.autoguidance > 0 and that guide_step; pick one of the '
-        'steps there, or sample with --config.sampling.autoguidance=0.')
+        f'sampling.autoguidance needs the guide, the checkpoint of step {guide_step} '
+        f'(sampling.guide_fraction of training.num_steps), which {manager.directory} lacks (it '
+        f'has steps {steps}). Training keeps it when it runs with sampling.autoguidance > 0 and '
+        'the same guide_fraction and num_steps; set guide_fraction to one of those steps, or '
+        'sample with --config.sampling.autoguidance=0.')
   return read(guide_step)
 
 

@@ -77,7 +77,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   # Abstract shapes only, nothing compiled; a network the config cannot build (e.g. more
   # attention channels per head than a layer has) fails here, before the checkpoints folder.
   engine = engine_lib.Engine(config, method)
-  guide_step = autoguidance_step(config, method)
+  guide_step = autoguidance_step(method)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints,
                                          keep_steps=(guide_step,) if guide_step else ())
   state, start_step = None, 0
@@ -146,11 +146,11 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   return state
 
 
-def autoguidance_step(config, method) -> int:
-  """The step whose checkpoint guides the samples (sampling.guide_step) when the method samples
-  with autoguidance; else 0. Training saves and keeps that checkpoint."""
+def autoguidance_step(method) -> int:
+  """The step whose checkpoint guides the samples (`guide_step()`: sampling.guide_fraction of
+  the steps) when the method samples with autoguidance; else 0. Training saves and keeps it."""
   autoguidance = getattr(method, 'autoguidance', lambda overrides: 0.0)({})
-  return config.sampling.guide_step if autoguidance else 0
+  return method.guide_step() if autoguidance else 0
 
 
 class Preview:
@@ -163,7 +163,7 @@ class Preview:
     self.engine = engine
     self.manager = manager
     self.key = engine_lib.seed_key(config.seed, 'preview')
-    self.guide_step = autoguidance_step(config, engine.method)
+    self.guide_step = autoguidance_step(engine.method)
     self._sample_fns = {}  # Guided or not -> the jitted sampler, compiled at first use.
     self._guide = None
     self._conditions = None

@@ -112,10 +112,11 @@ def sampling_config() -> ml_collections.ConfigDict:
   sampling.use_ema = True  # Sample with the EMA weights.
   # Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
   # x0 = x0_model + w (x0_model - x0_guide), clipped once, where the guide is the same run's
-  # checkpoint of step `guide_step` (weights as use_ema), a less trained version of the model.
-  # Training saves that checkpoint and keeps it (beside training.max_checkpoints). 0: off.
+  # checkpoint at `guide_fraction` of training.num_steps (rounded; weights as use_ema): a less
+  # trained version of the model. Training saves that checkpoint and keeps it (beside
+  # training.max_checkpoints). 0: off.
   sampling.autoguidance = 0.0
-  sampling.guide_step = 0
+  sampling.guide_fraction = 0.0
   return sampling
 
 
@@ -139,7 +140,7 @@ def remove_bit_diffusion_fields(config: ml_collections.ConfigDict) -> None:
   if config.task != 'image':  # Sequences: the bits per token id, derived from the vocabulary.
     del config.data.num_bits
   for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method',
-                'guidance', 'autoguidance', 'guide_step'):
+                'guidance', 'autoguidance', 'guide_fraction'):
     if field in config.sampling:
       del config.sampling[field]
   for field in ('sweep_steps', 'sweep_td'):

@@ -156,7 +156,7 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
   checkpoint (training.max_checkpoints=1) without changing the weights; `load` reads the guide's
   EMA weights; guided by the model itself (m + w (m - m) = m) the samples are the unguided
   ones bit for bit, guided by the step-1 checkpoint they are not."""
-  guided = {'sampling.autoguidance': 1.0, 'sampling.guide_step': 1,
+  guided = {'sampling.autoguidance': 1.0, 'sampling.guide_fraction': 0.25,  # Step 1 of 4.
             'training.max_checkpoints': 1}
   config = tiny.tiny_digits(**guided)
   workdir = str(tmp_path / 'run')
@@ -187,22 +187,21 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
   path = evaluate.sample_from_checkpoint(config, workdir)  # --mode=sample names its setting.
   assert os.path.basename(path) == 'samples_4_ddim4_td0_ag1from1_n12_seed0.npz'
 
-  with pytest.raises(ValueError, match=r'guide_step=3.*lacks.*steps \[2, 4\]'):
-    generation.load(tiny.tiny_digits(**{**guided, 'sampling.guide_step': 3}),
+  with pytest.raises(ValueError, match=r'step 3 .*lacks.*steps \[2, 4\]'):
+    generation.load(tiny.tiny_digits(**{**guided, 'sampling.guide_fraction': 0.75}),
                     trained_workdir[0])
   with pytest.raises(ValueError, match='needs the guide'):
-    generation.load(tiny.tiny_digits(**{'sampling.guide_step': 1}), workdir).make_sample_fn(
+    generation.load(tiny.tiny_digits(**{'sampling.guide_fraction': 0.25}), workdir).make_sample_fn(
         autoguidance=1.0)  # Loaded without autoguidance: no guide read.
 
 
 def test_autoguidance_config_errors():
-  config = lambda **o: tiny.tiny_digits(**{'sampling.guide_step': 2, **o})
+  config = lambda **o: tiny.tiny_digits(**{'sampling.guide_fraction': 0.5, **o})
   with pytest.raises(ValueError, match='must be >= 0'):
     _check(config(**{'sampling.autoguidance': -1.0}), 1)
-  with pytest.raises(ValueError, match='needs sampling.guide_step'):
-    _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_step': 0}), 1)
-  with pytest.raises(ValueError, match='must be below training.num_steps=4'):
-    _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_step': 4}), 1)
+  for fraction in (0.0, 0.1, 0.9, 1.0):  # Steps 0, 0, 4 and 4 of 4.
+    with pytest.raises(ValueError, match=r'needs sampling.guide_fraction in \(0, 1\)'):
+      _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_fraction': fraction}), 1)
   with pytest.raises(ValueError, match='one kind of guidance'):
     _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance': 0.5,
                      'diffusion.label_dropout': 0.1}), 1)

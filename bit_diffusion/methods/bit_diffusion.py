@@ -67,11 +67,6 @@ class BitDiffusion:
     config, diffusion = self.config, self.diffusion
     self._check_guidance(config.sampling.get('guidance', 0.0))
     self._check_autoguidance(self.autoguidance({}), config.sampling.get('guidance', 0.0))
-    guide_step = config.sampling.get('guide_step', 0)
-    if self.autoguidance({}) and guide_step >= config.training.num_steps:
-      raise ValueError(f'sampling.guide_step={guide_step} must be below training.num_steps='
-                       f'{config.training.num_steps}: the guide is an earlier checkpoint of '
-                       'the same run (e.g. a third of the way through training).')
     if diffusion.label_dropout and not self.task.num_classes:
       raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
     if diffusion.position_noise_rate and len(self.task.example_shape) != 1:
@@ -114,6 +109,11 @@ class BitDiffusion:
     """The autoguidance weight of a sampler with these overrides (default: the config's)."""
     return overrides.get('autoguidance', self.config.sampling.get('autoguidance', 0.0))
 
+  def guide_step(self) -> int:
+    """The step of autoguidance's guide: sampling.guide_fraction of training.num_steps."""
+    fraction = self.config.sampling.get('guide_fraction', 0.0)
+    return int(round(fraction * self.config.training.num_steps))
+
   def _check_autoguidance(self, weight: float, guidance: float) -> None:
     """Errors of autoguidance w: at training's config check and at every sampler."""
     if weight < 0:
@@ -121,10 +121,12 @@ class BitDiffusion:
     if weight and guidance:
       raise ValueError(f'sampling.autoguidance={weight} and sampling.guidance={guidance}: use '
                        'one kind of guidance at a time; set the other to 0.')
-    if weight and self.config.sampling.get('guide_step', 0) < 1:
-      raise ValueError(f'sampling.autoguidance={weight} needs sampling.guide_step, the step of '
-                       'the checkpoint that guides (an earlier one of the same run, e.g. a third '
-                       'of training.num_steps).')
+    num_steps = self.config.training.num_steps
+    if weight and not 1 <= self.guide_step() < num_steps:
+      raise ValueError(
+          f'sampling.autoguidance={weight} needs sampling.guide_fraction in (0, 1), where the '
+          f'guide, an earlier checkpoint of the same run, lies (e.g. 0.375); its step '
+          f'{self.guide_step()} must lie in [1, training.num_steps={num_steps}).')
 
   def _check_infill_method(self, name: str) -> None:
     if name not in samplers.INFILL_METHODS:
