@@ -26,18 +26,19 @@ test: install
 demo: install
 	$(PY) main.py --config=configs/digits.py --workdir=runs/digits
 
+# ARGS: more main.py flags, e.g. ARGS=--config.sampling.autoguidance=1.
 train: install
-	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 sample: install
-	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=sample
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=sample $(ARGS)
 
 eval: install
-	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval $(ARGS)
 
 # Sample metrics only (FID, IS, precision/recall of config.eval.num_samples samples).
 eval-fid: install
-	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval --config.eval.num_batches=0
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval --config.eval.num_batches=0 $(ARGS)
 
 # The paper's ablations on digits, CPU only (48 min on a busy 2-core machine; resumes after a
 # stop): writes docs/ablations.md.

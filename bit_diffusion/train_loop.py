@@ -77,9 +77,9 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   # Abstract shapes only, nothing compiled; a network the config cannot build (e.g. more
   # attention channels per head than a layer has) fails here, before the checkpoints folder.
   engine = engine_lib.Engine(config, method)
-  guide_step = autoguidance_step(method)
+  guide_at = guide_step(method)
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints,
-                                         keep_steps=(guide_step,) if guide_step else ())
+                                         keep_steps=(guide_at,) if guide_at else ())
   state, start_step = None, 0
   if manager.all_steps():  # The newest checkpoint that reads; broken newer ones set aside.
     state, start_step = engine.restore(manager, set_aside_broken=True)
@@ -116,7 +116,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
       is_last = step == num_steps
       preempted = preemption.reached(step)
       must_save = (step % config.training.checkpoint_every == 0 or is_last or preempted
-                   or step == guide_step)
+                   or step == guide_at)
 
       if step % config.training.log_every == 0 or is_last or must_save:
         _check_finite(state, manager)  # Before anything is written from this state.
@@ -146,11 +146,11 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   return state
 
 
-def autoguidance_step(method) -> int:
-  """The step whose checkpoint guides the samples (`guide_step()`: sampling.guide_fraction of
-  the steps) when the method samples with autoguidance; else 0. Training saves and keeps it."""
-  autoguidance = getattr(method, 'autoguidance', lambda overrides: 0.0)({})
-  return method.guide_step() if autoguidance else 0
+def guide_step(method) -> int:
+  """The step of autoguidance's guide (`guide_step()`: sampling.guide_fraction of the steps),
+  which training saves and keeps, so that any later sampler can be guided by it; 0: none."""
+  has_guide = getattr(method, 'guide_fraction', lambda: 0.0)()
+  return method.guide_step() if has_guide else 0
 
 
 class Preview:
@@ -163,7 +163,8 @@ class Preview:
     self.engine = engine
     self.manager = manager
     self.key = engine_lib.seed_key(config.seed, 'preview')
-    self.guide_step = autoguidance_step(engine.method)
+    autoguidance = getattr(engine.method, 'autoguidance', lambda overrides: 0.0)({})
+    self.guide_step = guide_step(engine.method) if autoguidance else 0
     self._sample_fns = {}  # Guided or not -> the jitted sampler, compiled at first use.
     self._guide = None
     self._conditions = None

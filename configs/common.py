@@ -113,8 +113,9 @@ def sampling_config() -> ml_collections.ConfigDict:
   # Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
   # x0 = x0_model + w (x0_model - x0_guide), clipped once, where the guide is the same run's
   # checkpoint at `guide_fraction` of training.num_steps (rounded; weights as use_ema): a less
-  # trained version of the model. Training saves that checkpoint and keeps it (beside
-  # training.max_checkpoints). 0: off.
+  # trained version of the model. With guide_fraction > 0 training saves that checkpoint and
+  # keeps it (beside training.max_checkpoints), so a model trained with autoguidance 0 can be
+  # sampled with it later. 0, 0: off.
   sampling.autoguidance = 0.0
   sampling.guide_fraction = 0.0
   return sampling

@@ -53,6 +53,11 @@ def get_config():
   config.sampling.steps = 100
   config.sampling.num_samples = 100
   config.sampling.batch_size = 100
+  # Training keeps the checkpoint of step 825 (3/8 of the run) as an autoguidance guide; the
+  # demo samples without it. --config.sampling.autoguidance=1 samples the demo model guided by
+  # it: FID 5.47, precision 0.894, recall 0.837 against 5.90, 0.862, 0.865 unguided (means of 8
+  # sampling seeds; README "Sample quality"), at twice the network calls.
+  config.sampling.guide_fraction = 0.375
 
   # Digits FID in the feature space of a small digits classifier, against half B of the data;
   # half A (898 real digits) gives the real-against-real floor with as many images.
@@ -80,4 +85,5 @@ def two_block_config():
   config.training.num_steps = 1500
   config.training.checkpoint_every = 750
   config.training.sample_every = 750
+  config.sampling.guide_fraction = 0.0
   return config

@@ -89,7 +89,8 @@ def test_digits_derived_configs_keep_the_two_block_unet_of_their_results():
   assert {k: (demo[k], two_block[k]) for k in demo if demo[k] != two_block[k]} == {
       'model.num_res_blocks': (1, 2), 'training.num_steps': (2200, 1500),
       'optimizer.learning_rate': (3e-3, 2e-3), 'diffusion.label_dropout': (0.0, 0.1),
-      'training.checkpoint_every': (1100, 750), 'training.sample_every': (1100, 750)}
+      'training.checkpoint_every': (1100, 750), 'training.sample_every': (1100, 750),
+      'sampling.guide_fraction': (0.375, 0.0)}
   for module, steps in [(digits_uncond, 1500), (digits_disco, 1800), (digits_uncond_disco, 1800)]:
     config = module.get_config()
     assert (config.model.num_res_blocks, config.training.num_steps) == (2, steps), module.__name__

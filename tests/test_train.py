@@ -152,10 +152,11 @@ def test_checkpoint_from_another_config_is_refused(trained_workdir):
 
 
 def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_path):
-  """Training with autoguidance also saves the guide's step and keeps it beside the newest
-  checkpoint (training.max_checkpoints=1) without changing the weights; `load` reads the guide's
-  EMA weights; guided by the model itself (m + w (m - m) = m) the samples are the unguided
-  ones bit for bit, guided by the step-1 checkpoint they are not."""
+  """Training with a guide_fraction also saves the guide's step and keeps it beside the newest
+  checkpoint (training.max_checkpoints=1) without changing the weights, with autoguidance or
+  without (to sample with it later); `load` reads the guide's EMA weights; guided by the model
+  itself (m + w (m - m) = m) the samples are the unguided ones bit for bit, guided by the
+  step-1 checkpoint they are not."""
   guided = {'sampling.autoguidance': 1.0, 'sampling.guide_fraction': 0.25,  # Step 1 of 4.
             'training.max_checkpoints': 1}
   config = tiny.tiny_digits(**guided)
@@ -165,6 +166,10 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
   assert os.path.exists(os.path.join(workdir, 'samples', 'grid_00000004.png'))
   for a, b in zip(_params(trained_workdir[1]), _params(state)):
     np.testing.assert_array_equal(a, b)
+  unguided_run = str(tmp_path / 'unguided')
+  train_loop.train_and_evaluate(tiny.tiny_digits(**{**guided, 'sampling.autoguidance': 0.0}),
+                                unguided_run)
+  assert sorted(os.listdir(os.path.join(unguided_run, 'checkpoints'))) == ['1', '4']
 
   model = generation.load(config, workdir)
   assert model.step == 4
@@ -199,9 +204,10 @@ def test_autoguidance_config_errors():
   config = lambda **o: tiny.tiny_digits(**{'sampling.guide_fraction': 0.5, **o})
   with pytest.raises(ValueError, match='must be >= 0'):
     _check(config(**{'sampling.autoguidance': -1.0}), 1)
-  for fraction in (0.0, 0.1, 0.9, 1.0):  # Steps 0, 0, 4 and 4 of 4.
-    with pytest.raises(ValueError, match=r'needs sampling.guide_fraction in \(0, 1\)'):
-      _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guide_fraction': fraction}), 1)
+  for weight, fraction in [(1.0, 0.0), (1.0, 0.1), (1.0, 0.9), (0.0, 1.0)]:  # Steps 0, 0, 4, 4.
+    with pytest.raises(ValueError, match=rf'guide_fraction={fraction} .*must lie in \[1, 4\)'):
+      _check(config(**{'sampling.autoguidance': weight, 'sampling.guide_fraction': fraction}),
+             1)
   with pytest.raises(ValueError, match='one kind of guidance'):
     _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance': 0.5,
                      'diffusion.label_dropout': 0.1}), 1)

@@ -109,10 +109,13 @@ class BitDiffusion:
     """The autoguidance weight of a sampler with these overrides (default: the config's)."""
     return overrides.get('autoguidance', self.config.sampling.get('autoguidance', 0.0))
 
+  def guide_fraction(self) -> float:
+    """sampling.guide_fraction: where in training autoguidance's guide lies (0: no guide)."""
+    return self.config.sampling.get('guide_fraction', 0.0)
+
   def guide_step(self) -> int:
     """The step of autoguidance's guide: sampling.guide_fraction of training.num_steps."""
-    fraction = self.config.sampling.get('guide_fraction', 0.0)
-    return int(round(fraction * self.config.training.num_steps))
+    return int(round(self.guide_fraction() * self.config.training.num_steps))
 
   def _check_autoguidance(self, weight: float, guidance: float) -> None:
     """Errors of autoguidance w: at training's config check and at every sampler."""
@@ -121,12 +124,13 @@ class BitDiffusion:
     if weight and guidance:
       raise ValueError(f'sampling.autoguidance={weight} and sampling.guidance={guidance}: use '
                        'one kind of guidance at a time; set the other to 0.')
-    num_steps = self.config.training.num_steps
-    if weight and not 1 <= self.guide_step() < num_steps:
+    num_steps, fraction = self.config.training.num_steps, self.guide_fraction()
+    if (weight or fraction) and not 1 <= self.guide_step() < num_steps:
       raise ValueError(
-          f'sampling.autoguidance={weight} needs sampling.guide_fraction in (0, 1), where the '
-          f'guide, an earlier checkpoint of the same run, lies (e.g. 0.375); its step '
-          f'{self.guide_step()} must lie in [1, training.num_steps={num_steps}).')
+          f'sampling.guide_fraction={fraction} (with sampling.autoguidance={weight}): the guide '
+          f'is the checkpoint at that fraction of training.num_steps={num_steps}, step '
+          f'{self.guide_step()}, which must lie in [1, {num_steps}); use a fraction in (0, 1), '
+          'e.g. 0.375 (autoguidance > 0 needs one).')
 
   def _check_infill_method(self, name: str) -> None:
     if name not in samplers.INFILL_METHODS:
