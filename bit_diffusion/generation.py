@@ -114,9 +114,9 @@ def read_guide(manager: ocp.CheckpointManager, guide_step: int,
     raise ValueError(
         f'sampling.autoguidance needs the guide, the checkpoint of step {guide_step} '
         f'(sampling.guide_fraction of training.num_steps), which {manager.directory} lacks (it '
-        f'has steps {steps}). Training keeps it when it runs with sampling.autoguidance > 0 and '
-        'the same guide_fraction and num_steps; set guide_fraction to one of those steps, or '
-        'sample with --config.sampling.autoguidance=0.')
+        f'has steps {steps}). Training keeps it when it runs with the same guide_fraction > 0 '
+        'and num_steps; set guide_fraction to land on one of those steps (step / num_steps), '
+        'or sample with --config.sampling.autoguidance=0.')
   return read(guide_step)
 
 

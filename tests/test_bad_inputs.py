@@ -234,6 +234,14 @@ def _unreadable_checkpoints(tmp):
   evaluate.sample_from_checkpoint(tiny.tiny_digits(), workdir)
 
 
+def _autoguidance_without_its_guide(tmp):
+  """Autoguided sampling of a run that kept no checkpoint where its guide would lie (step 3)."""
+  workdir = _saved_checkpoints(tmp)
+  _inputs_ready(tmp)
+  evaluate.sample_from_checkpoint(tiny.tiny_digits(**{
+      'sampling.autoguidance': 1.0, 'sampling.guide_fraction': 0.75}), workdir)
+
+
 def _write_lock(tmp):
   os.makedirs(os.path.join(tmp, 'run'))
   with open(os.path.join(tmp, 'run', '.lock'), 'w') as f:
@@ -367,6 +375,10 @@ CASES = [
         tiny.tiny_toy(toy_disco, **{'disco.codebook_size': 0})), ValueError),
     ('Sampling from a DisCo-Diff checkpoint saved before its prior was fitted', _unfitted_prior,
      ValueError),
+    ('Autoguided sampling of a run that kept no guide checkpoint',
+     _autoguidance_without_its_guide, ValueError),
+    ('Autoguidance asked of DisCo-Diff', lambda t: _check(tiny.tiny_digits_disco(
+        **{'sampling.autoguidance': 1.0}), 1), ValueError),
 ]
 
 
