@@ -54,7 +54,7 @@ class LoadedModel:
     """The method's jitted fn(params, rng, cond) -> samples, sharded over the mesh. With
     autoguidance the guide's weights go in beside `params` (the method's fn takes the pair)."""
     sample_fn = self.method.make_sample_fn(self.graphdef, self.mesh, **overrides)
-    autoguidance = getattr(self.method, 'autoguidance', lambda overrides: 0.0)(overrides)
+    autoguidance = methods.autoguidance(self.method, overrides)
     if not autoguidance:
       return sample_fn
     if self.guide_params is None:
@@ -92,7 +92,7 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
   if check_restored is not None:
     check_restored(step)
   guide_params = None
-  if getattr(method, 'autoguidance', lambda overrides: 0.0)({}):
+  if methods.autoguidance(method):
     guide_params = read_guide(manager, method.guide_step(), read)
   return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step,
                      guide_params=guide_params)

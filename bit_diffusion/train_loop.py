@@ -77,7 +77,7 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   # Abstract shapes only, nothing compiled; a network the config cannot build (e.g. more
   # attention channels per head than a layer has) fails here, before the checkpoints folder.
   engine = engine_lib.Engine(config, method)
-  guide_at = guide_step(method)
+  guide_at = methods.guide_step(method)  # Kept, so any later sampler can be guided by it.
   manager = checkpointing.create_manager(workdir, config.training.max_checkpoints,
                                          keep_steps=(guide_at,) if guide_at else ())
   state, start_step = None, 0
@@ -146,13 +146,6 @@ def _train(config, workdir: str, method, on_metrics, lock: workdir_lock.WorkdirL
   return state
 
 
-def guide_step(method) -> int:
-  """The step of autoguidance's guide (`guide_step()`: sampling.guide_fraction of the steps),
-  which training saves and keeps, so that any later sampler can be guided by it; 0: none."""
-  has_guide = getattr(method, 'guide_fraction', lambda: 0.0)()
-  return method.guide_step() if has_guide else 0
-
-
 class Preview:
   """The training previews: `training.num_grid_samples` samples of the EMA weights, written by
   the task (a grid of images, captions of held-out images). With autoguidance, previews from the
@@ -163,8 +156,8 @@ class Preview:
     self.engine = engine
     self.manager = manager
     self.key = engine_lib.seed_key(config.seed, 'preview')
-    autoguidance = getattr(engine.method, 'autoguidance', lambda overrides: 0.0)({})
-    self.guide_step = guide_step(engine.method) if autoguidance else 0
+    guided = methods.autoguidance(engine.method)
+    self.guide_step = methods.guide_step(engine.method) if guided else 0
     self._sample_fns = {}  # Guided or not -> the jitted sampler, compiled at first use.
     self._guide = None
     self._conditions = None
