@@ -3,11 +3,13 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from bit_diffusion import engine
 from bit_diffusion import generation
+from bit_diffusion import methods
 from bit_diffusion.captioning import evaluate
 from bit_diffusion.captioning import infill
 from bit_diffusion.captioning import scoring
@@ -94,6 +96,28 @@ def test_infill_mode_fills_the_marked_caption_tokens(diffusion_run, tmp_path):
   path.write_text(json.dumps([{'index': 10_000, 'caption': known}]))
   with pytest.raises(ValueError, match='image indices must lie in'):
     evaluate.infill_from_file(config, workdir, str(path))
+
+
+def test_autoguidance_guide_reads_the_images_through_its_own_encoder(diffusion_run):
+  """Autoguidance of the captioner: a guide that differs from the model only in its image
+  encoder changes the sampler's path (the guide encodes the images itself); the model as its
+  own guide gives the unguided path bit for bit."""
+  _, _, state, _ = diffusion_run
+  method = methods.create(tiny.tiny_captioning(shapes_captioning,
+                                               **{'sampling.guide_fraction': 0.5}))
+  graphdef, _ = engine.abstract_network(method)
+  params = state.ema_params
+  in_encoder = lambda path: jax.tree_util.keystr(path).startswith("['encoder']")
+  assert any(in_encoder(path) for path, _ in jax.tree_util.tree_leaves_with_path(params))
+  other_encoder = jax.tree_util.tree_map_with_path(
+      lambda path, a: a * 0.5 if in_encoder(path) else a, params)
+  images = jax.random.randint(jax.random.PRNGKey(0), (4, 16, 16, 3), 0, 256)
+  rng = jax.random.PRNGKey(1)
+  path_of = lambda fn, p: np.asarray(fn(p, rng, images))
+  guided = method.make_sample_fn(graphdef, autoguidance=1.0, steps=3, trajectory=True)
+  unguided = path_of(method.make_sample_fn(graphdef, steps=3, trajectory=True), params)
+  np.testing.assert_array_equal(path_of(guided, (params, params)), unguided)
+  assert np.abs(path_of(guided, (params, other_encoder)) - unguided).max() > 1e-3
 
 
 def test_autoregressive_baseline_trains_and_scores(tmp_path):

@@ -242,6 +242,8 @@ class BitDiffusion:
       batch = jax.tree.leaves(cond)[0].shape[0]
       # An unconditional model's cond only carries the batch size.
       context = model.encode_condition(cond) if self.uses_condition() else None
+      if guide is not None:  # The guide reads the condition through its own encoder (a ViT's).
+        guide = (guide, guide.encode_condition(cond) if self.uses_condition() else None)
       # The U-Net's context is its labels: the null label is num_classes.
       result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
                                 settings, num_shards, guide=guide, autoguidance=autoguidance,
@@ -261,7 +263,7 @@ class BitDiffusion:
 
   def sample_bits(self, denoiser: nnx.Module, rng: jax.Array, batch: int, context: Any,
                   null_context: Any, guidance: float, settings: dict[str, Any],
-                  num_shards: int = 1, guide: Optional[nnx.Module] = None,
+                  num_shards: int = 1, guide: Optional[tuple[nnx.Module, Any]] = None,
                   autoguidance: float = 0.0, **sample_kwargs) -> tuple[jax.Array, ...]:
     """`samplers.sample` with a denoiser network (`denoise(x_in, gamma, context)`): analog bits
     [batch, ..., D] (x0, x and, with keep_path, the path).
@@ -271,8 +273,8 @@ class BitDiffusion:
     authors' code, which turns softmax/sigmoid outputs into expected bits first (for x0, eps
     and v predictions this equals combining the raw outputs). With
     cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn.
-    With a `guide` network and autoguidance w > 0, the estimates of the denoiser and its guide
-    are combined instead (`samplers.autoguided_x0_fn`).
+    With a `guide` (its network, the condition as it encodes it) and autoguidance w > 0, the
+    estimates of the denoiser and its guide are combined instead (`samplers.autoguided_x0_fn`).
     """
     diffusion, microbatch = self.diffusion, self.config.cpu.sampler_microbatch_size
 
@@ -286,10 +288,11 @@ class BitDiffusion:
 
     clip = lambda x0, x, gamma: jnp.clip(x0, -diffusion.scale, diffusion.scale)
     if guide is not None and autoguidance:
-      model_estimate, guide_estimate = estimate_of(denoiser), estimate_of(guide)
+      (guide_network, guide_context), model_estimate = guide, estimate_of(denoiser)
+      guide_estimate = estimate_of(guide_network)
       x0_fn = samplers.autoguided_x0_fn(
           lambda x, gamma, self_cond: model_estimate(x, gamma, self_cond, context),
-          lambda x, gamma, self_cond: guide_estimate(x, gamma, self_cond, context),
+          lambda x, gamma, self_cond: guide_estimate(x, gamma, self_cond, guide_context),
           clip, autoguidance)
     else:
       x0_fn = samplers.guided_x0_fn(estimate_of(denoiser), clip, context, null_context,
