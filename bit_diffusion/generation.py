@@ -86,14 +86,16 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
   target = {name: checkpointing.abstract_with_shardings(abstract_params, shardings)}
 
   read = lambda step: read_weights(manager, step, target)[name]
-  params, step = checkpointing.restore_newest_intact(
-      manager, read, engine.checkpoint_signature(config, method))
+  signature = engine.checkpoint_signature(config, method)
+  params, step = checkpointing.restore_newest_intact(manager, read, signature)
   check_restored = getattr(method, 'check_restored', None)  # Optional: e.g. an unfitted prior.
   if check_restored is not None:
     check_restored(step)
   guide_params = None
   if methods.autoguidance(method):
-    guide_params = read_guide(manager, method.guide_step(), read)
+    guide_params = read_guide(  # Signature checked; unreadable: a one-line CheckpointError.
+        manager, method.guide_step(),
+        lambda step: checkpointing.restore_newest_intact(manager, read, signature, step)[0])
   return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step,
                      guide_params=guide_params)
 

@@ -198,6 +198,10 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
   with pytest.raises(ValueError, match='needs the guide'):
     generation.load(tiny.tiny_digits(**{'sampling.guide_fraction': 0.25}), workdir).make_sample_fn(
         autoguidance=1.0)  # Loaded without autoguidance: no guide read.
+  with open(os.path.join(workdir, 'checkpoints', '1', 'meta', 'metadata'), 'r+b') as f:
+    f.truncate(5)  # A damaged guide: one line naming it, as any unreadable checkpoint.
+  with pytest.raises(checkpointing.CheckpointError, match=r'can be read \(step 1: meta item'):
+    generation.load(config, workdir)
 
 
 def test_autoguidance_config_errors():
