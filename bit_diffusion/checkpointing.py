@@ -105,15 +105,18 @@ def _one_line(error: BaseException) -> str:
 
 
 def _drop_event_loop_noise(hook=sys.unraisablehook):
-  """sys.unraisablehook without "RuntimeError: Event loop is closed".
+  """sys.unraisablehook without the echoes of a failed read.
 
   When a read fails, TensorStore's other reads still finish and try to call back into Orbax's
-  event loop, already closed; each reports that as an unraisable error with a traceback
-  (hundreds of them, burying the real error). They are harmless, so they are dropped.
+  event loop, already closed ("RuntimeError: Event loop is closed"), and Orbax's pending read
+  coroutines, closed when collected, raise from their GeneratorExit ("Encountered error while
+  reading array index"); each is reported as an unraisable error with a long traceback (hundreds
+  of them, burying the real error). They are harmless, so they are dropped.
   """
   def quiet_hook(unraisable):
     value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+    closed_loop = isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+    if not (closed_loop or isinstance(getattr(value, '__cause__', None), GeneratorExit)):
       hook(unraisable)
   quiet_hook.drops_event_loop_noise = True
   return quiet_hook

@@ -5,6 +5,7 @@ import logging
 import os
 import random
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -142,6 +143,24 @@ def test_training_resumes_from_the_previous_checkpoint_to_the_same_end(runs, tmp
   assert sorted(_files(os.path.join(copy, 'checkpoints', aside[0]))) == sorted(
       f.replace(step_dir, os.path.join(copy, 'checkpoints', aside[0])) for f in before)
   assert dict(checkpointing.check_all(copy))['6'] == 'intact'
+
+
+def test_echoes_of_a_failed_read_are_dropped_and_other_unraisables_kept():
+  """The unraisable-error hook installed by the first checkpoint read drops the closed event
+  loop's errors and those raised from a collected read coroutine's GeneratorExit, and passes
+  on everything else."""
+  seen = []
+  hook = checkpointing._drop_event_loop_noise(seen.append)  # pylint: disable=protected-access
+  def raised_from(cause):
+    try:
+      raise Exception('Encountered error while reading array index') from cause
+    except Exception as e:  # pylint: disable=broad-except
+      return e
+  echoes = [RuntimeError('Event loop is closed'), raised_from(GeneratorExit())]
+  kept = [RuntimeError('something else'), raised_from(ValueError('bad shard')), KeyError('x')]
+  for value in echoes + kept:
+    hook(types.SimpleNamespace(exc_value=value))
+  assert [u.exc_value for u in seen] == kept
 
 
 def test_no_readable_checkpoint_is_one_clear_error(runs, tmp_path):
