@@ -85,7 +85,10 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
   shardings = distributed.param_shardings(abstract_params, mesh, config.training.param_sharding)
   target = {name: checkpointing.abstract_with_shardings(abstract_params, shardings)}
 
-  read = lambda step: read_weights(manager, step, target)[name]
+  def read(step):
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state[name]
   signature = engine.checkpoint_signature(config, method)
   params, step = checkpointing.restore_newest_intact(manager, read, signature)
   check_restored = getattr(method, 'check_restored', None)  # Optional: e.g. an unfitted prior.
@@ -98,14 +101,6 @@ def load(config, workdir: str, use_ema: bool = True, method=None) -> LoadedModel
         lambda step: checkpointing.restore_newest_intact(manager, read, signature, step)[0])
   return LoadedModel(method=method, graphdef=graphdef, params=params, mesh=mesh, step=step,
                      guide_params=guide_params)
-
-
-def read_weights(manager: ocp.CheckpointManager, step: int, target: dict[str, Any]) -> dict:
-  """The fields of `target` ({'ema_params' or 'params': abstract arrays with shardings}) read
-  from the checkpoint of `step`, nothing else (a partial restore)."""
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, partial_restore=True,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state
 
 
 def read_guide(manager: ocp.CheckpointManager, guide_step: int,

@@ -228,10 +228,7 @@ class BitDiffusion:
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
-      guide = None
-      if autoguidance:
-        params, guide_params = params
-        guide = nnx.merge(graphdef, guide_params, copy=True)
+      params, guide_params = params if autoguidance else (params, None)
       known = None
       if infill:
         cond, known_data, known_mask = cond
@@ -242,8 +239,11 @@ class BitDiffusion:
       batch = jax.tree.leaves(cond)[0].shape[0]
       # An unconditional model's cond only carries the batch size.
       context = model.encode_condition(cond) if self.uses_condition() else None
-      if guide is not None:  # The guide reads the condition through its own encoder (a ViT's).
-        guide = (guide, guide.encode_condition(cond) if self.uses_condition() else None)
+      guide = None
+      if autoguidance:  # The guide reads the condition through its own encoder (a ViT's).
+        guide_network = nnx.merge(graphdef, guide_params, copy=True)
+        guide = (guide_network,
+                 guide_network.encode_condition(cond) if self.uses_condition() else None)
       # The U-Net's context is its labels: the null label is num_classes.
       result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
                                 settings, num_shards, guide=guide, autoguidance=autoguidance,
