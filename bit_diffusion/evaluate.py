@@ -25,6 +25,7 @@ from bit_diffusion import generation
 from bit_diffusion import image_infill
 from bit_diffusion import metric_writer
 from bit_diffusion import outputs
+from bit_diffusion import samplers
 from bit_diffusion.metrics import features as features_lib
 from bit_diffusion.metrics import fid
 from bit_diffusion.tasks import images as images_lib
@@ -32,8 +33,8 @@ from bit_diffusion.tasks import images as images_lib
 
 def sampling_settings(config) -> dict[str, Any]:
   """The sampler settings of the config's method, as recorded beside the sample metrics: Bit
-  Diffusion's sampler, steps, td, guidance and (when on) autoguidance with its guide's step, or
-  GGM's positions_per_call; and use_ema."""
+  Diffusion's sampler, steps, td, guidance and (when on) autoguidance with its guide's step and
+  (when not everywhere) the guidance interval, or GGM's positions_per_call; and use_ema."""
   s = config.sampling
   if config.method == 'ggm':
     return dict(positions_per_call=config.ggm.positions_per_call, use_ema=s.use_ema)
@@ -41,16 +42,28 @@ def sampling_settings(config) -> dict[str, Any]:
                   use_ema=s.use_ema)
   if s.get('autoguidance', 0.0):
     settings.update(autoguidance=s.autoguidance, guide_fraction=s.guide_fraction)
+  interval = guidance_interval(config)
+  if interval:
+    settings.update(guidance_interval=interval)
   return settings
+
+
+def guidance_interval(config) -> tuple[float, float] | None:
+  """The config's guidance interval when some guidance is on and it is not every step."""
+  s = config.sampling
+  interval = tuple(s.get('guidance_interval', samplers.EVERYWHERE))
+  guided = (s.get('guidance', 0.0) or s.get('autoguidance', 0.0)
+            or config.get('disco', {}).get('guidance', 0.0))  # DisCo-Diff's, on its latents.
+  return interval if guided and interval != samplers.EVERYWHERE else None
 
 
 def sample_from_checkpoint(config, workdir: str) -> str:
   """Samples `config.sampling.num_samples` images from the latest checkpoint.
 
   Writes WORKDIR/samples/samples_<step>_<setting>[_w<guidance>][_ag<autoguidance>from<guide
-  step>]_n<N>_seed<S>.npz (setting:
-  `generation.setting_name`, e.g. ddim100_td0 or ggm_k1) with keys `images` (int32 [N, H, W,
-  C], values in [0, 2**num_bits)) and `labels` (int32 [N]), and a PNG grid beside it. An
+  step>][_in<lo>-<hi>]_n<N>_seed<S>.npz (_in: the guidance interval, when not every step;
+  setting: `generation.setting_name`, e.g. ddim100_td0 or ggm_k1) with keys `images` (int32
+  [N, H, W, C], values in [0, 2**num_bits)) and `labels` (int32 [N]), and a PNG grid beside it. An
   existing file is never overwritten: the same settings sampled again go to ..._2.npz, ...
   (`outputs.reserve`). Returns the .npz path.
   """
@@ -64,9 +77,11 @@ def sample_from_checkpoint(config, workdir: str) -> str:
                                engine.seed_key(config.seed, 'sample'), labels,
                                model.batch_size(s.batch_size))
   guidance, autoguidance = s.get('guidance', 0.0), s.get('autoguidance', 0.0)
+  interval = guidance_interval(config)
   name = (f'samples_{model.step}_{generation.setting_name(config)}'
           + (f'_w{guidance:g}' if guidance else '')
           + (f'_ag{autoguidance:g}from{model.method.guide_step()}' if autoguidance else '')
+          + (f'_in{interval[0]:g}-{interval[1]:g}' if interval else '')
           + f'_n{s.num_samples}_seed{config.seed}')
   path = os.path.join(workdir, 'samples', name)
   if jax.process_index() == 0:

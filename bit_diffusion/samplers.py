@@ -22,6 +22,7 @@ X0Fn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SAMPLERS = ('ddim', 'ddpm', 'dpm2m')
 DDPM_VARIANCES = ('large', 'small')
 INFILL_METHODS = ('replace', 'clean')
+EVERYWHERE = (0.0, 1.0)  # The guidance interval of every noise level gamma.
 
 
 def ddim_step(x_t: jnp.ndarray, x0: jnp.ndarray, gamma_now: jnp.ndarray,
@@ -190,7 +191,8 @@ def sample(x0_fn: X0Fn, shape: tuple[int, ...], rng: jax.Array, *,
 
 def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
                  to_x0: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray],
-                 labels: Any, null_label: Any, guidance: float) -> X0Fn:
+                 labels: Any, null_label: Any, guidance: float,
+                 interval: tuple[float, float] = EVERYWHERE) -> X0Fn:
   """The sampler's x0_fn: the network with its labels bound, with classifier-free guidance.
 
   Classifier-free guidance (Ho & Salimans 2022) with weight w combines the RAW network outputs,
@@ -214,12 +216,15 @@ def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
       not a label, the unconditional condition itself, shaped like `labels` (DisCo-Diff: the
       encoded null embedding).
     guidance: w >= 0; 0 (or labels None) runs the conditional pass only.
+    interval: (lo, hi): guide only where the noise level gamma lies in [lo, hi]
+      (`guided_in_interval`); elsewhere the conditional pass alone.
 
   Returns:
     x0_fn(x_t, gamma, self_cond) -> clipped x0 estimate [B, ...].
   """
+  unguided = lambda x, gamma, self_cond: to_x0(output_fn(x, gamma, self_cond, labels), x, gamma)
   if guidance == 0 or labels is None:
-    return lambda x, gamma, self_cond: to_x0(output_fn(x, gamma, self_cond, labels), x, gamma)
+    return unguided
 
   def guided(x, gamma, self_cond):
     double = lambda a: jnp.concatenate([a, a], axis=0)  # [B, ...] -> [2B, ...].
@@ -227,13 +232,14 @@ def guided_x0_fn(output_fn: Callable[..., jnp.ndarray],
     both_labels = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), labels, null)
     cond, uncond = jnp.split(output_fn(double(x), double(gamma), double(self_cond), both_labels),
                              2)
-    return to_x0((1 + guidance) * cond - guidance * uncond, x, gamma)
-  return guided
+    w = weight_in_interval(guidance, gamma, interval, x.ndim)
+    return to_x0((1 + w) * cond - w * uncond, x, gamma)
+  return guided_in_interval(guided, unguided, interval)
 
 
 def autoguided_x0_fn(model_fn: X0Fn, guide_fn: X0Fn,
                      clip: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray],
-                     weight: float) -> X0Fn:
+                     weight: float, interval: tuple[float, float] = EVERYWHERE) -> X0Fn:
   """The sampler's x0_fn with autoguidance (Karras et al. 2024, "Guiding a diffusion model with
   a bad version of itself", Eq. 2 written for x0): with weight w,
 
@@ -248,14 +254,48 @@ def autoguided_x0_fn(model_fn: X0Fn, guide_fn: X0Fn,
       estimate [B, ...] of the model and of its guide.
     clip: (x0, x_t, gamma) -> clipped x0 estimate.
     weight: w >= 0; 0 runs the model alone.
+    interval: (lo, hi): guide only where the noise level gamma lies in [lo, hi]
+      (`guided_in_interval`); elsewhere the model alone.
 
   Returns:
     x0_fn(x_t, gamma, self_cond) -> clipped x0 estimate [B, ...].
   """
+  unguided = lambda x, gamma, self_cond: clip(model_fn(x, gamma, self_cond), x, gamma)
   if weight == 0:
-    return lambda x, gamma, self_cond: clip(model_fn(x, gamma, self_cond), x, gamma)
+    return unguided
 
   def guided(x, gamma, self_cond):
     model = model_fn(x, gamma, self_cond)
-    return clip(model + weight * (model - guide_fn(x, gamma, self_cond)), x, gamma)
-  return guided
+    w = weight_in_interval(weight, gamma, interval, x.ndim)
+    return clip(model + w * (model - guide_fn(x, gamma, self_cond)), x, gamma)
+  return guided_in_interval(guided, unguided, interval)
+
+
+def weight_in_interval(weight: float, gamma: jnp.ndarray, interval: tuple[float, float],
+                       ndim: int) -> Any:
+  """The guidance weight where gamma [B] (or [B, L]) lies in [lo, hi], 0 elsewhere, shaped to
+  broadcast against an estimate of `ndim` dimensions; the float `weight` itself for the
+  interval EVERYWHERE."""
+  if tuple(interval) == EVERYWHERE:
+    return weight
+  lo, hi = interval
+  w = jnp.where((gamma >= lo) & (gamma <= hi), weight, 0.0)
+  return w.reshape(w.shape + (1,) * (ndim - w.ndim))
+
+
+def guided_in_interval(guided: X0Fn, unguided: X0Fn, interval: tuple[float, float]) -> X0Fn:
+  """Guidance in a limited interval of noise levels (Kynkaanniemi et al. 2024, "Applying guidance
+  in a limited interval improves sample and distribution quality in diffusion models", there in
+  sigma; here in gamma, the signal's share of the variance: 1 clean, 0 noise): x0_fn that runs
+  `guided` at the steps where some gamma lies in [lo, hi] and `unguided` (one network pass) at
+  the others. `guided` weights each example by whether its own gamma lies inside
+  (`weight_in_interval`); the sampler gives all examples the step's gamma (infilling's known
+  positions aside, which it overwrites). The interval EVERYWHERE returns `guided` itself."""
+  if tuple(interval) == EVERYWHERE:
+    return guided
+  lo, hi = interval
+
+  def x0_fn(x, gamma, self_cond):
+    inside = jnp.any((gamma >= lo) & (gamma <= hi))
+    return jax.lax.cond(inside, guided, unguided, x, gamma, self_cond)
+  return x0_fn

@@ -118,6 +118,10 @@ def sampling_config() -> ml_collections.ConfigDict:
   # sampled with it later. 0, 0: off.
   sampling.autoguidance = 0.0
   sampling.guide_fraction = 0.0
+  # Guidance (classifier-free or autoguidance) only at the steps whose noise level gamma (the
+  # signal's share of the variance: 1 clean, 0 noise) lies in [lo, hi] (Kynkaanniemi et al.
+  # 2024); elsewhere the model alone, one network pass. (0, 1): every step.
+  sampling.guidance_interval = (0.0, 1.0)
   return sampling
 
 
@@ -141,7 +145,7 @@ def remove_bit_diffusion_fields(config: ml_collections.ConfigDict) -> None:
   if config.task != 'image':  # Sequences: the bits per token id, derived from the vocabulary.
     del config.data.num_bits
   for field in ('sampler', 'steps', 'td', 'ddpm_variance', 'self_condition', 'infill_method',
-                'guidance', 'autoguidance', 'guide_fraction'):
+                'guidance', 'autoguidance', 'guide_fraction', 'guidance_interval'):
     if field in config.sampling:
       del config.sampling[field]
   for field in ('sweep_steps', 'sweep_td'):

@@ -379,6 +379,8 @@ CASES = [
      _autoguidance_without_its_guide, ValueError),
     ('Autoguidance asked of DisCo-Diff', lambda t: _check(tiny.tiny_digits_disco(
         **{'sampling.autoguidance': 1.0}), 1), ValueError),
+    ('A guidance interval given high end first', lambda t: _check(tiny.tiny_digits(
+        **{'sampling.guidance_interval': (1.0, 0.3)}), 1), ValueError),
 ]
 
 

@@ -243,6 +243,45 @@ def test_autoguidance_extrapolates_from_the_guide_then_clips_once():
   assert [v for v, *_ in seen] == [0.4]  # The guide is not run.
 
 
+def test_guidance_interval_guides_inside_only_and_skips_the_second_pass_outside():
+  """With an interval [lo, hi] of gamma (Kynkaanniemi et al. 2024), autoguidance and
+  classifier-free guidance weight an example by whether its gamma lies inside (bounds
+  included); at a step where none does, the second pass (guide, unconditional) is not run at all:
+  a guide or unconditional pass of NaN leaves the result finite. (0, 1) is the plain guidance."""
+  x, self_cond = jnp.array([[0.3, -0.2], [0.5, 0.1]]), jnp.zeros((2, 2))
+  clip = lambda x0, x_t, g: jnp.clip(x0, -1.0, 1.0)
+  model, guide = lambda x, g, s: x + 0.4, lambda x, g, s: x + 0.6
+  nan_guide = lambda x, g, s: jnp.full_like(x, jnp.nan)
+  w, interval = 0.5, (0.3, 0.7)
+  guided_x0 = np.clip(np.asarray(x) + 0.4 - w * 0.2, -1, 1)  # m + w (m - g), m - g = -0.2.
+  model_x0 = np.clip(np.asarray(x) + 0.4, -1, 1)
+  for gamma, expected in [([0.3, 0.7], [guided_x0[0], guided_x0[1]]),  # Both bounds inside.
+                          ([0.29, 0.5], [model_x0[0], guided_x0[1]]),
+                          ([0.71, 0.9], [model_x0[0], model_x0[1]])]:
+    fn = jax.jit(samplers.autoguided_x0_fn(model, guide, clip, w, interval))
+    np.testing.assert_allclose(fn(x, jnp.array(gamma), self_cond), expected, atol=1e-6)
+  outside = samplers.autoguided_x0_fn(model, nan_guide, clip, w, interval)
+  np.testing.assert_allclose(jax.jit(outside)(x, jnp.array([0.1, 0.9]), self_cond), model_x0,
+                             atol=1e-6)
+  assert np.isnan(outside(x, jnp.array([0.5, 0.9]), self_cond)).all()  # Run inside.
+  everywhere = samplers.autoguided_x0_fn(model, guide, clip, w, samplers.EVERYWHERE)
+  np.testing.assert_array_equal(everywhere(x, jnp.array([0.0, 1.0]), self_cond),
+                                samplers.autoguided_x0_fn(model, guide, clip, w)(
+                                    x, jnp.array([0.0, 1.0]), self_cond))
+
+  # Classifier-free guidance: (1 + w) cond - w uncond with the per-example weight; label 10 is
+  # the null label, whose output is x + 1 (cond: x + 0.2).
+  output = lambda x, g, s, labels: x + jnp.where(labels == 10, 1.0, 0.2)[:, None]
+  cfg = samplers.guided_x0_fn(output, clip, jnp.array([3, 4]), 10, w, interval)
+  cfg_x0 = np.clip(np.asarray(x) + 0.2 - w * 0.8, -1, 1)
+  np.testing.assert_allclose(jax.jit(cfg)(x, jnp.array([0.2, 0.6]), self_cond),
+                             [np.clip(np.asarray(x)[0] + 0.2, -1, 1), cfg_x0[1]], atol=1e-6)
+  nan_uncond = lambda x, g, s, labels: jnp.where((labels == 10)[:, None], jnp.nan, x + 0.2)
+  cfg_outside = samplers.guided_x0_fn(nan_uncond, clip, jnp.array([3, 4]), 10, w, interval)
+  np.testing.assert_allclose(cfg_outside(x, jnp.array([0.1, 0.8]), self_cond),
+                             np.clip(np.asarray(x) + 0.2, -1, 1), atol=1e-6)
+
+
 @pytest.mark.parametrize('kwargs,match', [
     (dict(sampler='ddpn'), 'Unknown sampler'), (dict(ddpm_variance='big'), 'variance'),
     (dict(steps=0), 'at least one step'), (dict(td=-1.0), 'td')])

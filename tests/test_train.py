@@ -191,6 +191,16 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
   assert np.abs(with_guide[:, -1] - unguided[:, -1]).max() > 1e-3
   path = evaluate.sample_from_checkpoint(config, workdir)  # --mode=sample names its setting.
   assert os.path.basename(path) == 'samples_4_ddim4_td0_ag1from1_n12_seed0.npz'
+  # Guided only in an interval of gamma that holds the last two of the 4 steps' noise levels:
+  # the path is the unguided one until then, and guided from there on.
+  gammas = np.asarray(model.method.diffusion.gamma_fn(jnp.array([1.0, 0.75, 0.5, 0.25])))
+  interval = (float(gammas[1] + gammas[2]) / 2, 1.0)
+  late = path_of(model.make_sample_fn(trajectory=True, guidance_interval=interval),
+                 model.params)
+  np.testing.assert_array_equal(late[:, :3], unguided[:, :3])
+  assert np.abs(late[:, 3] - unguided[:, 3]).max() > 1e-3
+  assert evaluate.sampling_settings(tiny.tiny_digits(**{
+      **guided, 'sampling.guidance_interval': (0.5, 1.0)}))['guidance_interval'] == (0.5, 1.0)
 
   with pytest.raises(ValueError, match=r'step 3 .*lacks.*steps \[2, 4\]'):
     generation.load(tiny.tiny_digits(**{**guided, 'sampling.guide_fraction': 0.75}),
@@ -217,6 +227,10 @@ def test_autoguidance_config_errors():
                      'diffusion.label_dropout': 0.1}), 1)
   with pytest.raises(ValueError, match='not DisCo-Diff'):
     _check(tiny.tiny_digits_disco(**{'sampling.autoguidance': 1.0}), 1)
+  for interval in [(0.5, 0.3), (-0.1, 1.0), (0.2, 1.5), (0.4, 0.4), (0.1, 0.5, 0.9)]:
+    with pytest.raises(ValueError, match=r'guidance_interval=.* must be \(lo, hi\) with'):
+      _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance_interval': interval}), 1)
+  _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance_interval': (0.3, 1)}), 1)
   _check(config(**{'sampling.autoguidance': 1.0}), 1)
 
 

@@ -67,6 +67,7 @@ class BitDiffusion:
     config, diffusion = self.config, self.diffusion
     self._check_guidance(config.sampling.get('guidance', 0.0))
     self._check_autoguidance(self.autoguidance({}), config.sampling.get('guidance', 0.0))
+    self.guidance_interval({})
     if diffusion.label_dropout and not self.task.num_classes:
       raise ValueError('diffusion.label_dropout > 0 needs data.class_conditional=True.')
     if diffusion.position_noise_rate and len(self.task.example_shape) != 1:
@@ -108,6 +109,18 @@ class BitDiffusion:
   def autoguidance(self, overrides: dict[str, Any]) -> float:
     """The autoguidance weight of a sampler with these overrides (default: the config's)."""
     return overrides.get('autoguidance', self.config.sampling.get('autoguidance', 0.0))
+
+  def guidance_interval(self, overrides: dict[str, Any]) -> tuple[float, float]:
+    """sampling.guidance_interval (or the override): the noise levels gamma in [lo, hi] at which
+    guidance and autoguidance apply (`samplers.guided_in_interval`); checked."""
+    interval = overrides.get('guidance_interval',
+                             self.config.sampling.get('guidance_interval', samplers.EVERYWHERE))
+    if (len(interval) != 2 or not all(isinstance(v, (int, float)) for v in interval)
+        or not 0 <= interval[0] < interval[1] <= 1):
+      raise ValueError(f'sampling.guidance_interval={tuple(interval)} must be (lo, hi) with '
+                       '0 <= lo < hi <= 1: the noise levels gamma (1 clean, 0 noise) at which '
+                       'guidance applies; (0, 1): everywhere.')
+    return float(interval[0]), float(interval[1])
 
   def guide_fraction(self) -> float:
     """sampling.guide_fraction: where in training autoguidance's guide lies (0: no guide)."""
@@ -201,10 +214,10 @@ class BitDiffusion:
 
     cond has a leading batch axis B (labels, caption images; zeros for an unconditional model,
     which only carry B). Keyword overrides of `config.sampling`: sampler, steps, td,
-    ddpm_variance, guidance, autoguidance, self_condition, infill_method; and trajectory=True,
-    which returns the sampler's path instead, float32 [B, steps + 1, ..., D] (`samplers.sample`'s
-    keep_path). With autoguidance w > 0, params is a pair (the model's weights, the guide's:
-    `generation.load` reads both).
+    ddpm_variance, guidance, autoguidance, guidance_interval, self_condition, infill_method; and
+    trajectory=True, which returns the sampler's path instead, float32 [B, steps + 1, ..., D]
+    (`samplers.sample`'s keep_path). With autoguidance w > 0, params is a pair (the model's
+    weights, the guide's: `generation.load` reads both).
     The condition is encoded once per batch; with cpu.sampler_microbatch_size > 0 each network
     evaluation runs on microbatches in turn (the same samples). With a mesh, the batch is
     sharded over its 'data' axis.
@@ -223,6 +236,8 @@ class BitDiffusion:
     self._check_infill_method(infill_method)
     autoguidance = self.autoguidance(settings)
     settings.pop('autoguidance', None)
+    interval = self.guidance_interval(settings)
+    settings.pop('guidance_interval', None)
     self._check_guidance(guidance)
     self._check_autoguidance(autoguidance, guidance)
     num_shards = 1 if mesh is None else mesh.shape['data']
@@ -247,7 +262,8 @@ class BitDiffusion:
       # The U-Net's context is its labels: the null label is num_classes.
       result = self.sample_bits(model, rng, batch, context, self.task.num_classes, guidance,
                                 settings, num_shards, guide=guide, autoguidance=autoguidance,
-                                known=known, infill=infill_method, keep_path=trajectory)
+                                guidance_interval=interval, known=known, infill=infill_method,
+                                keep_path=trajectory)
       return path_batch_first(result[2]) if trajectory else self.decode(result[0])
 
     return distributed.jit_sampler(sample_fn, self.config.cpu, mesh)
@@ -264,7 +280,9 @@ class BitDiffusion:
   def sample_bits(self, denoiser: nnx.Module, rng: jax.Array, batch: int, context: Any,
                   null_context: Any, guidance: float, settings: dict[str, Any],
                   num_shards: int = 1, guide: Optional[tuple[nnx.Module, Any]] = None,
-                  autoguidance: float = 0.0, **sample_kwargs) -> tuple[jax.Array, ...]:
+                  autoguidance: float = 0.0,
+                  guidance_interval: tuple[float, float] = samplers.EVERYWHERE,
+                  **sample_kwargs) -> tuple[jax.Array, ...]:
     """`samplers.sample` with a denoiser network (`denoise(x_in, gamma, context)`): analog bits
     [batch, ..., D] (x0, x and, with keep_path, the path).
 
@@ -275,6 +293,7 @@ class BitDiffusion:
     cpu.sampler_microbatch_size > 0 each network evaluation runs on microbatches in turn.
     With a `guide` (its network, the condition as it encodes it) and autoguidance w > 0, the
     estimates of the denoiser and its guide are combined instead (`samplers.autoguided_x0_fn`).
+    Either guidance applies only at the noise levels of `guidance_interval`.
     """
     diffusion, microbatch = self.diffusion, self.config.cpu.sampler_microbatch_size
 
@@ -293,10 +312,10 @@ class BitDiffusion:
       x0_fn = samplers.autoguided_x0_fn(
           lambda x, gamma, self_cond: model_estimate(x, gamma, self_cond, context),
           lambda x, gamma, self_cond: guide_estimate(x, gamma, self_cond, guide_context),
-          clip, autoguidance)
+          clip, autoguidance, guidance_interval)
     else:
       x0_fn = samplers.guided_x0_fn(estimate_of(denoiser), clip, context, null_context,
-                                    guidance)
+                                    guidance, guidance_interval)
     shape = (batch,) + self._bits_shape()
     return samplers.sample(x0_fn, shape, rng, gamma_fn=diffusion.gamma_fn, **settings,
                            **sample_kwargs)

@@ -226,8 +226,9 @@ class DisCo:
     (tools/disco_latents.py: samples sharing a code).
 
     Overrides: those of `BitDiffusion.make_sample_fn` (sampler, steps, td, ddpm_variance,
-    self_condition, trajectory), and guidance (w on the latents; default disco.guidance),
-    prior_temperature (default disco.prior_temperature; 0: the most likely codes).
+    self_condition, trajectory, guidance_interval), and guidance (w on the latents; default
+    disco.guidance), prior_temperature (default disco.prior_temperature; 0: the most likely
+    codes).
     """
     if infill:
       raise ValueError('DisCo-Diff has no infilling (its latents would have to be inferred from '
@@ -240,6 +241,8 @@ class DisCo:
     self._check_guidance(guidance)
     _refuse_autoguidance(self.bits.autoguidance(settings))
     settings.pop('autoguidance', None)
+    interval = self.bits.guidance_interval(settings)
+    settings.pop('guidance_interval', None)
     num_shards = 1 if mesh is None else mesh.shape['data']
 
     def sample_fn(params, rng, cond):
@@ -256,7 +259,8 @@ class DisCo:
       context = model.denoiser.encode_condition((task_cond, latents))
       null = model.denoiser.encode_condition((task_cond, model.null_latents(batch)))
       result = self.bits.sample_bits(model.denoiser, diffusion_rng, batch, context, null,
-                                     guidance, settings, num_shards, keep_path=trajectory)
+                                     guidance, settings, num_shards,
+                                     guidance_interval=interval, keep_path=trajectory)
       if trajectory:
         return bit_diffusion.path_batch_first(result[2])
       return self.bits.decode(result[0])
