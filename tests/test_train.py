@@ -199,8 +199,10 @@ def test_autoguidance_keeps_its_guide_and_samples_with_it(trained_workdir, tmp_p
                  model.params)
   np.testing.assert_array_equal(late[:, :3], unguided[:, :3])
   assert np.abs(late[:, 3] - unguided[:, 3]).max() > 1e-3
-  assert evaluate.sampling_settings(tiny.tiny_digits(**{
-      **guided, 'sampling.guidance_interval': (0.5, 1.0)}))['guidance_interval'] == (0.5, 1.0)
+  in_interval = tiny.tiny_digits(**{**guided, 'sampling.guidance_interval': (0.5, 1.0)})
+  assert evaluate.sampling_settings(in_interval)['guidance_interval'] == (0.5, 1.0)
+  path = evaluate.sample_from_checkpoint(in_interval, workdir)
+  assert os.path.basename(path) == 'samples_4_ddim4_td0_ag1from1_in0.5-1_n12_seed0.npz'
 
   with pytest.raises(ValueError, match=r'step 3 .*lacks.*steps \[2, 4\]'):
     generation.load(tiny.tiny_digits(**{**guided, 'sampling.guide_fraction': 0.75}),
