@@ -232,6 +232,8 @@ def test_autoguidance_config_errors():
   for interval in [(0.5, 0.3), (-0.1, 1.0), (0.2, 1.5), (0.4, 0.4), (0.1, 0.5, 0.9)]:
     with pytest.raises(ValueError, match=r'guidance_interval=.* must be \(lo, hi\) with'):
       _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance_interval': interval}), 1)
+  with pytest.raises(ValueError, match=r'guidance_interval=0.3 must be'):  # A sampler override.
+    methods.create(config()).make_sample_fn(None, guidance_interval=0.3)
   _check(config(**{'sampling.autoguidance': 1.0, 'sampling.guidance_interval': (0.3, 1)}), 1)
   _check(config(**{'sampling.autoguidance': 1.0}), 1)
 

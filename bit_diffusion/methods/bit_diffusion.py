@@ -115,9 +115,10 @@ class BitDiffusion:
     guidance and autoguidance apply (`samplers.guided_in_interval`); checked."""
     interval = overrides.get('guidance_interval',
                              self.config.sampling.get('guidance_interval', samplers.EVERYWHERE))
-    if (len(interval) != 2 or not all(isinstance(v, (int, float)) for v in interval)
+    if (not isinstance(interval, (tuple, list)) or len(interval) != 2
+        or not all(isinstance(v, (int, float)) for v in interval)
         or not 0 <= interval[0] < interval[1] <= 1):
-      raise ValueError(f'sampling.guidance_interval={tuple(interval)} must be (lo, hi) with '
+      raise ValueError(f'sampling.guidance_interval={interval!r} must be (lo, hi) with '
                        '0 <= lo < hi <= 1: the noise levels gamma (1 clean, 0 noise) at which '
                        'guidance applies; (0, 1): everywhere.')
     return float(interval[0]), float(interval[1])
