@@ -158,8 +158,8 @@ def check_signature(manager: ocp.CheckpointManager, step: int, wanted: dict) -> 
   if differences:
     raise ValueError(
         f'The checkpoint at step {step} in {manager.directory} was written with a different '
-        'model config:\n  ' + '\n  '.join(differences) +
-        '\nUse the config it was trained with, or a new --workdir to train from scratch.')
+        'model config:\n  ' + ';\n  '.join(differences) +
+        '.\nUse the config it was trained with, or a new --workdir to train from scratch.')
 
 
 def restore_newest_intact(manager: ocp.CheckpointManager, read: Callable[[int], Any],

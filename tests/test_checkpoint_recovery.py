@@ -187,3 +187,8 @@ def test_a_checkpoint_from_before_a_signature_field_matches_the_old_behaviour(tm
     checkpointing.check_signature(manager, 1, {'model.width': 8, 'model.positions': 'rotary'})
   with pytest.raises(ValueError, match='model.width: checkpoint has 8, config has 16'):
     checkpointing.check_signature(manager, 1, {'model.width': 16})
+  # Each difference ends in ';' or '.', so main.py's one-line message still separates them.
+  with pytest.raises(ValueError, match="model config:\n  model.width: checkpoint has 8, config "
+                     "has 16;\n  model.positions: checkpoint has 'learned', config has "
+                     "'rotary'.\nUse the config it was trained with"):
+    checkpointing.check_signature(manager, 1, {'model.width': 16, 'model.positions': 'rotary'})
