@@ -278,9 +278,14 @@ def weight_in_interval(weight: float, gamma: jnp.ndarray, interval: tuple[float,
   interval EVERYWHERE."""
   if tuple(interval) == EVERYWHERE:
     return weight
-  lo, hi = interval
-  w = jnp.where((gamma >= lo) & (gamma <= hi), weight, 0.0)
+  w = jnp.where(_inside(gamma, interval), weight, 0.0)
   return w.reshape(w.shape + (1,) * (ndim - w.ndim))
+
+
+def _inside(gamma: jnp.ndarray, interval: tuple[float, float]) -> jnp.ndarray:
+  """bool, shaped as gamma: whether each noise level lies in [lo, hi] (bounds included)."""
+  lo, hi = interval
+  return (gamma >= lo) & (gamma <= hi)
 
 
 def guided_in_interval(guided: X0Fn, unguided: X0Fn, interval: tuple[float, float]) -> X0Fn:
@@ -293,9 +298,5 @@ def guided_in_interval(guided: X0Fn, unguided: X0Fn, interval: tuple[float, floa
   positions aside, which it overwrites). The interval EVERYWHERE returns `guided` itself."""
   if tuple(interval) == EVERYWHERE:
     return guided
-  lo, hi = interval
-
-  def x0_fn(x, gamma, self_cond):
-    inside = jnp.any((gamma >= lo) & (gamma <= hi))
-    return jax.lax.cond(inside, guided, unguided, x, gamma, self_cond)
-  return x0_fn
+  return lambda x, gamma, self_cond: jax.lax.cond(
+      jnp.any(_inside(gamma, interval)), guided, unguided, x, gamma, self_cond)

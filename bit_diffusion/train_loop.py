@@ -181,7 +181,6 @@ class Preview:
     if jax.process_index() == 0:
       task.write_preview(samples, references, step, workdir, writer)
 
-
   def _guide_params(self):
     """The guide's EMA weights, read once from its checkpoint (saved at guide_step)."""
     if self._guide is None:
