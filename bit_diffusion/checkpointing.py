@@ -146,6 +146,7 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 # written before them had: such a checkpoint matches a config that sets this value.
 LATER_SIGNATURE_FIELDS = {
     'model.positions': 'learned',  # Rotary positions came later; before, all were learned.
+    'ggm.token_scale': 'one',  # GGM's classifier scaled its token embeddings from 2026-12-05.
 }
 
 

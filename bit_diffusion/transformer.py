@@ -35,6 +35,8 @@ from bit_diffusion import unet
 # One layer's cached keys and values, each [B, L, heads, head_dim].
 LayerCache = tuple[jax.Array, jax.Array]
 POSITIONS = ('learned', 'rotary')
+# What GGM's classifier multiplies its token embeddings by (`GlauberTransformer`).
+TOKEN_SCALES = ('sqrt_width', 'one')
 
 
 def rotate(x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -288,11 +290,22 @@ class GlauberTransformer(nnx.Module):
   - neither: the condition is ignored (text, unconditional images), as the denoisers ignore it.
   The protocol of `methods/ggm.py`: `encode_condition(cond)` once per batch, then
   `classify(tokens_in, time, encoded)` at every step; calling the module does both.
+
+  token_scale: 'one' adds the token embeddings as initialised, with a norm of about 1 against
+  about 4 for the time embedding; 'sqrt_width' multiplies them by sqrt(width) first (Vaswani et
+  al. 2017, Sec. 3.4). The classified position's own input is phi, so all the classifier knows
+  of the data comes from the other positions' embeddings: on text, 'one' learned nothing of the
+  context and 'sqrt_width' did; on the digits, whose labels and positions carry most of what is
+  learnt, 'one' scores better (docs/reference.md, "GGM reads its context").
   """
 
   def __init__(self, *, vocab_size: int, max_length: int, width: int, depth: int, mlp_dim: int,
                num_heads: int, positions: str = 'learned', num_classes: int = 0,
-               encoder: Optional[nnx.Module] = None, encoder_width: int = 0, rngs: nnx.Rngs):
+               encoder: Optional[nnx.Module] = None, encoder_width: int = 0,
+               token_scale: str = 'one', rngs: nnx.Rngs):
+    if token_scale not in TOKEN_SCALES:
+      raise ValueError(f'Unknown ggm.token_scale={token_scale!r}; choose one of {TOKEN_SCALES}.')
+    self.token_scale = width ** 0.5 if token_scale == 'sqrt_width' else 1.0
     if encoder is not None:
       self.encoder = encoder
     self.has_encoder = encoder is not None
@@ -326,7 +339,7 @@ class GlauberTransformer(nnx.Module):
     embedding = self.time_dense_1(jax.nn.silu(self.time_dense_0(embedding)))
     if labels is not None:
       embedding = embedding + labels
-    h = self.token_embedding(tokens_in) + embedding[:, None, :]
+    h = self.token_embedding(tokens_in) * self.token_scale + embedding[:, None, :]
     return self.logits_out(self.decoder(h, context))
 
   def __call__(self, tokens_in: jax.Array, time: jax.Array, cond=None) -> jax.Array:

@@ -166,4 +166,9 @@ def ggm_config(num_sweeps: int) -> ml_collections.ConfigDict:
   # Positions hidden and classified per network call, in training and sampling: 1 is the
   # paper's dynamics; k > 1 draws k consecutive positions independently (k times faster).
   ggm.positions_per_call = 1
+  # The classifier's token embeddings times 'one' or 'sqrt_width' (Vaswani et al.). At 'one' the
+  # time embedding, about 4 times larger, drowns them: on text the classifier then learns no
+  # context ('sqrt_width' there); on the digits 'one' scores better (docs/reference.md, "GGM
+  # reads its context").
+  ggm.token_scale = 'one'
   return ggm

@@ -27,4 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = 'ggm'
   common.remove_bit_diffusion_fields(config)
   config.ggm = common.ggm_config(num_sweeps=4)
+  # As configs/text_ggm.py: token embeddings times sqrt(768), else the time embedding drowns them.
+  config.ggm.token_scale = 'sqrt_width'
   return config

@@ -358,6 +358,8 @@ CASES = [
     ('GGM method on a caption config without its ggm section', lambda t: methods.create(
         tiny.tiny_captioning(shapes_captioning, method='ggm')), ValueError),
     ('GGM on images with a U-Net in config.model', _ggm_on_a_unet_config, ValueError),
+    ('Unknown ggm.token_scale', lambda t: methods.create(tiny.tiny_digits_ggm(
+        **{'ggm.token_scale': 'sqrt'})).create_network(jax.random.key(0)), ValueError),
     ('Bit Diffusion method on a GGM config (no bits or diffusion section)',
      lambda t: methods.create(tiny.tiny_digits_ggm(method='bit_diffusion')), ValueError),
     ('Image values above data.display_max (the top of the GGM vocabulary)',

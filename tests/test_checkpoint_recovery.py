@@ -177,7 +177,8 @@ def test_no_readable_checkpoint_is_one_clear_error(runs, tmp_path):
 
 def test_a_checkpoint_from_before_a_signature_field_matches_the_old_behaviour(tmp_path):
   """A checkpoint written before `model.positions` existed had learned positions: it restores
-  into a config that asks for 'learned' and is refused, naming the field, for 'rotary'."""
+  into a config that asks for 'learned' and is refused, naming the field, for 'rotary' (and as
+  much for `ggm.token_scale`, 'one' before it existed)."""
   manager = checkpointing.create_manager(str(tmp_path), 2)
   checkpointing.save(manager, 1, {'w': np.zeros(2)}, {'model.width': 8})
   manager.wait_until_finished()
@@ -187,6 +188,11 @@ def test_a_checkpoint_from_before_a_signature_field_matches_the_old_behaviour(tm
     checkpointing.check_signature(manager, 1, {'model.width': 8, 'model.positions': 'rotary'})
   with pytest.raises(ValueError, match='model.width: checkpoint has 8, config has 16'):
     checkpointing.check_signature(manager, 1, {'model.width': 16})
+  # GGM's classifier scaled its token embeddings later: such a checkpoint is a 'one' classifier.
+  checkpointing.check_signature(manager, 1, {'model.width': 8, 'ggm.token_scale': 'one'})
+  with pytest.raises(ValueError, match="ggm.token_scale: checkpoint has 'one', config has "
+                     "'sqrt_width'"):
+    checkpointing.check_signature(manager, 1, {'model.width': 8, 'ggm.token_scale': 'sqrt_width'})
   # Each difference ends in ';' or '.', so main.py's one-line message still separates them.
   with pytest.raises(ValueError, match="model config:\n  model.width: checkpoint has 8, config "
                      "has 16;\n  model.positions: checkpoint has 'learned', config has "

@@ -135,3 +135,23 @@ def test_rotary_denoiser_has_no_position_table_and_sees_the_order():
   assert not np.allclose(out, reversed_out, atol=1e-4)
   with pytest.raises(ValueError, match="model.positions='absolute'"):
     transformer.DenoisingTransformer(positions='absolute', **kwargs)
+
+
+def test_glauber_token_scale_multiplies_the_token_embeddings_only():
+  """token_scale='sqrt_width' is the 'one' network with its embedding table times sqrt(width)
+  (the time embedding unscaled): exact logits; an unknown scale names the field."""
+  kwargs = dict(vocab_size=5, max_length=6, width=16, depth=1, mlp_dim=32, num_heads=2)
+  scaled = transformer.GlauberTransformer(token_scale='sqrt_width', rngs=nnx.Rngs(0), **kwargs)
+  plain = transformer.GlauberTransformer(rngs=nnx.Rngs(0), **kwargs)
+  assert (scaled.token_scale, plain.token_scale) == (4.0, 1.0)
+  for model in (scaled, plain):
+    model.logits_out.kernel.value = jax.random.normal(jax.random.key(1), (16, 5))
+  tokens = jnp.array([[0, 5, 3, 1, 5, 4], [2, 2, 5, 0, 1, 3]])  # 5 is phi.
+  time = jnp.array([0.1, 0.7])
+  logits = scaled(tokens, time)
+  assert not np.allclose(logits, plain(tokens, time), atol=1e-3)
+  plain.token_embedding.embedding.value = scaled.token_embedding.embedding.value * 4.0
+  np.testing.assert_allclose(plain(tokens, time), logits, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"ggm.token_scale='sqrt'; choose one of \('sqrt_width', "
+                     r"'one'\)"):
+    transformer.GlauberTransformer(token_scale='sqrt', rngs=nnx.Rngs(0), **kwargs)

@@ -94,18 +94,19 @@ class DiffusionCaptioner(transformer.DenoisingTransformer):
 
 class _TokenDecoderWithViT:
   """The constructor shared by the token-input captioners: builds the ViT encoder of the images
-  and hands it, with the decoder's sizes, to the decoder class that follows in the MRO."""
+  and hands it, with the decoder's sizes and its own arguments (`decoder_kwargs`: GGM's
+  token_scale), to the decoder class that follows in the MRO."""
 
   def __init__(self, *, vocab_size: int, max_length: int, image_size: int, patch_size: int,
                encoder_width: int, encoder_depth: int, encoder_mlp_dim: int,
                encoder_heads: int, width: int, depth: int, mlp_dim: int, num_heads: int,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, **decoder_kwargs):
     encoder = _vit(rngs, image_size=image_size, patch_size=patch_size,
                    encoder_width=encoder_width, encoder_depth=encoder_depth,
                    encoder_mlp_dim=encoder_mlp_dim, encoder_heads=encoder_heads)
     super().__init__(vocab_size=vocab_size, max_length=max_length, width=width, depth=depth,
                      mlp_dim=mlp_dim, num_heads=num_heads, encoder=encoder,
-                     encoder_width=encoder_width, rngs=rngs)
+                     encoder_width=encoder_width, rngs=rngs, **decoder_kwargs)
 
 
 class AutoregressiveCaptioner(_TokenDecoderWithViT, transformer.AutoregressiveTransformer):

@@ -61,7 +61,7 @@ class GlauberGenerativeModel:
     """The classifier's meaning depends on the process and on the positions it hides."""
     g = self.config.ggm
     return {'method': 'ggm', 'ggm.num_sweeps': g.num_sweeps, 'ggm.schedule': g.schedule,
-            'ggm.positions_per_call': g.positions_per_call}
+            'ggm.positions_per_call': g.positions_per_call, 'ggm.token_scale': g.token_scale}
 
   def create_network(self, rng: jax.Array) -> nnx.Module:
     return self.task.create_network('glauber', rng=rng)

@@ -72,6 +72,7 @@ class CaptionTask:
                                                rngs=param_keys.ParamKeys(rng))
     if kind == 'glauber':
       return model_lib.GlauberCaptioner(vocab_size=self.vocab_size, **kwargs,
+                                        token_scale=self.config.ggm.token_scale,
                                         rngs=param_keys.ParamKeys(rng))
     raise ValueError(f'The captioning task has no {kind!r} network.')
 

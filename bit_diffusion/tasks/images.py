@@ -127,7 +127,7 @@ class ImageTask:
           vocab_size=self.vocab_size, max_length=math.prod(self.example_shape),
           width=model.width, depth=model.depth, mlp_dim=model.mlp_dim,
           num_heads=model.num_heads, positions=model.positions, num_classes=self.num_classes,
-          rngs=rngs)
+          token_scale=self.config.ggm.token_scale, rngs=rngs)
     if kind == 'latent_encoder':
       return latent_unet.ConvEncoder(
           in_channels=in_channels, image_size=self.config.data.image_size,

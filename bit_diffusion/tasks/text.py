@@ -79,7 +79,8 @@ class TextTask:
     if kind == 'autoregressive':
       return transformer.AutoregressiveTransformer(vocab_size=self.vocab_size, **sizes)
     if kind == 'glauber':
-      return transformer.GlauberTransformer(vocab_size=self.vocab_size, **sizes)
+      return transformer.GlauberTransformer(vocab_size=self.vocab_size,
+                                            token_scale=self.config.ggm.token_scale, **sizes)
     raise ValueError(f'The text task has no {kind!r} network.')
 
   def initial_params(self, params: Any) -> Any:
