@@ -6,9 +6,10 @@ Model: a non-causal Transformer of 4 layers, width 128 (`transformer.GlauberTran
 input is the token embeddings of the 27 symbols plus phi and a time embedding, and whose output
 is one logit per symbol at every position; trained by binary classification (signal or noise),
 sampled by heat-bath dynamics, one position per network call (bit_diffusion/ggm.py).
-Measured (2026-12-03, 2 AVX2 EPYC cores): 3,800 steps in 17 min 26 s (the training time of
-configs/text.py then); `make eval-text CONFIG=configs/text_ggm.py WORKDIR=runs/text_ggm` in 5 min
-42 s: generative perplexity 113.3, bigram TV 0.436 (the unigram sampler's level; README, "Text").
+Measured (2 AVX2 EPYC cores): 3,800 steps in 17 min 26 s (2026-12-03, the training time of
+configs/text.py then); `make eval-text CONFIG=configs/text_ggm.py WORKDIR=runs/text_ggm` in 6 min:
+generative perplexity 65.6, bigram TV 0.226 (2026-12-05, with ggm.token_scale='sqrt_width'; 113.3
+and 0.436 before it, the unigram sampler's level; README, "Text").
 """
 
 import ml_collections
